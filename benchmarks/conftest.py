@@ -1,0 +1,70 @@
+"""Benchmark set-up: device choice, Triton interpreter off the timing path, same-run baselines."""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from memory import peak_memory_bytes  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn: Callable[[], object], rounds: int) -> float:
+    """Median wall time of ``fn`` over ``rounds`` calls after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Baselines:
+    """Baseline timings and peak memory measured once per key within this pytest run."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, tuple[float, int]] = {}
+
+    def get(self, key: tuple, fn: Callable[[], object], rounds: int) -> tuple[float, int]:
+        if key not in self._cache:
+            self._cache[key] = (median_seconds(fn, rounds), peak_memory_bytes(fn, DEVICE))
+        return self._cache[key]
+
+
+@pytest.fixture(scope="session")
+def baselines() -> Baselines:
+    return Baselines()
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return DEVICE
+
+
+def run_benchmark(benchmark, fn: Callable[[], object], rounds: int) -> float:
+    """Time ``fn`` with pytest-benchmark (synchronised on CUDA); return the median seconds."""
+
+    def call() -> None:
+        fn()
+        sync()
+
+    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
+    return benchmark.stats.stats.median

@@ -1,0 +1,89 @@
+"""Atomic, pickle-free checkpoints: a torch file of tensors and plain values, with its config beside it.
+
+``save_checkpoint(path, payload, config)`` writes ``path`` (a ``torch.save`` of a dict holding only
+tensors, numbers, strings, lists and dicts) and ``path.with_suffix(".yaml")`` (the config), each to a
+temporary file in the same folder that is fsynced and renamed over the target, so a crash never leaves a
+half-written checkpoint. ``load_checkpoint`` reads with ``torch.load(weights_only=True)`` and turns any
+failure into a :class:`CheckpointError` that names the file.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupt or of the wrong kind."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that wrote a checkpoint."""
+    from ldns_fast import __version__
+
+    return {"ldns_fast": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then atomically rename the fsynced temporary file to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_yaml(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Atomically write ``data`` as YAML."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+
+    return atomic_write(path, write)
+
+
+def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Atomically write a checkpoint of ``kind`` (e.g. ``"autoencoder"``) and its YAML config beside it."""
+    record = {"format": FORMAT_VERSION, "kind": kind, "versions": versions(), "config": config, **payload}
+    path = atomic_write(path, lambda tmp: torch.save(record, tmp))
+    save_yaml(Path(path).with_suffix(".yaml"), config)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, kind: str, required: tuple[str, ...] = (), map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, checking its kind and ``required`` keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        record = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} is truncated, corrupt or not an ldns_fast checkpoint: {err}") from err
+    if not isinstance(record, dict) or "format" not in record or "kind" not in record:
+        raise CheckpointError(f"checkpoint {path} is not an ldns_fast checkpoint (no format/kind header)")
+    if record["format"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {record['format']}, this version reads {FORMAT_VERSION}")
+    if record["kind"] != kind:
+        raise CheckpointError(f"checkpoint {path} holds a {record['kind']!r}, expected a {kind!r}")
+    missing = [k for k in ("config", *required) if k not in record]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the keys {missing}")
+    return record

@@ -1,0 +1,349 @@
+"""The HDF5 file format for binned spike counts: a validating writer and reader.
+
+One file holds one dataset of ``n`` trials, ``T`` time bins and ``N`` neurons (full description in
+``docs/data_format.md``):
+
+- ``spikes`` ``[n, T, N]``: non-negative integer counts (any integer or float dtype holding integers).
+- ``lengths`` ``[n]`` (optional): valid bins per trial in ``[1, T]``; later bins are zero padding.
+- ``behavior`` ``[n, T, B]``, ``conditions`` ``[n, C]``, ``rates`` ``[n, T, N]``,
+  ``latents`` ``[n, T, D]`` (all optional, finite floats; rates non-negative).
+- ``split`` ``[n]`` (optional): 0 train, 1 val, 2 test; absent -> a seeded 70/10/20 split.
+- root attributes ``bin_width`` (seconds, required) and ``description`` (optional).
+
+Every violation raises :class:`DataFormatError` naming the file and the key.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
+DEFAULT_SPLIT_SEED = 0
+ARRAY_KEYS = ("spikes", "lengths", "behavior", "conditions", "rates", "latents", "split")
+_OPTIONAL_FLOAT_LAYOUTS: dict[str, tuple[int, str]] = {
+    "behavior": (3, "[trials, time, B]"),
+    "conditions": (2, "[trials, C]"),
+    "rates": (3, "[trials, time, neurons]"),
+    "latents": (3, "[trials, time, D]"),
+}
+
+
+class DataFormatError(ValueError):
+    """A spike data file or array that breaks the format; the message names the file and the key."""
+
+
+@dataclass
+class SpikeData:
+    """A dataset in file layout (numpy, time before neurons).
+
+    Attributes:
+        spikes: counts ``[n, T, N]`` (dtype as stored).
+        bin_width: seconds per bin.
+        lengths: valid bins per trial, int64 ``[n]`` (``T`` for every trial when the file has none).
+        split_codes: uint8 ``[n]``, 0 train / 1 val / 2 test.
+        behavior, conditions, rates, latents: ``[n, T, B]``, ``[n, C]``, ``[n, T, N]``, ``[n, T, D]``
+            or None.
+        description: free text.
+        path: the file it was read from, if any.
+    """
+
+    spikes: np.ndarray
+    bin_width: float
+    lengths: np.ndarray
+    split_codes: np.ndarray
+    behavior: np.ndarray | None = None
+    conditions: np.ndarray | None = None
+    rates: np.ndarray | None = None
+    latents: np.ndarray | None = None
+    description: str = ""
+    path: str | None = None
+
+    @property
+    def n_trials(self) -> int:
+        return self.spikes.shape[0]
+
+    @property
+    def n_bins(self) -> int:
+        return self.spikes.shape[1]
+
+    @property
+    def n_neurons(self) -> int:
+        return self.spikes.shape[2]
+
+    def subset(self, index: np.ndarray | Sequence[int]) -> SpikeData:
+        """The trials at ``index`` (integer indices or a boolean mask over trials), as copies."""
+        index = np.asarray(index)
+        per_trial = {
+            f.name: getattr(self, f.name)[index]
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        }
+        return replace(self, **per_trial)
+
+    def split(self, name: str) -> SpikeData:
+        """The ``"train"``, ``"val"`` or ``"test"`` trials."""
+        if name not in SPLIT_CODES:
+            raise ValueError(f"split name must be one of {sorted(SPLIT_CODES)}, got {name!r}")
+        return self.subset(self.split_codes == SPLIT_CODES[name])
+
+
+def random_split(
+    n_trials: int,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> np.ndarray:
+    """Seeded random split codes, uint8 ``[n_trials]``; val and test sizes are rounded, train gets the rest.
+
+    Raises:
+        ValueError: ``fractions`` are not 3 non-negative numbers summing to 1.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+    n_val = round(fractions[1] * n_trials)
+    n_test = round(fractions[2] * n_trials)
+    codes = np.zeros(n_trials, dtype=np.uint8)
+    codes[n_trials - n_val - n_test : n_trials - n_test] = SPLIT_CODES["val"]
+    codes[n_trials - n_test :] = SPLIT_CODES["test"]
+    return codes[np.random.default_rng(seed).permutation(n_trials)]
+
+
+def pad_trials(trials: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad variable-length trials ``[T_i, ...]`` to ``[n, max T_i, ...]``; returns (padded, lengths)."""
+    if not trials:
+        raise ValueError("pad_trials needs at least one trial")
+    arrays = [np.asarray(t) for t in trials]
+    tails = {a.shape[1:] for a in arrays}
+    if len(tails) != 1:
+        raise ValueError(f"trials differ in their trailing shape: {sorted(tails)}")
+    lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+    padded = np.zeros((len(arrays), int(lengths.max()), *tails.pop()), dtype=np.result_type(*arrays))
+    for i, a in enumerate(arrays):
+        padded[i, : a.shape[0]] = a
+    return padded, lengths
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def _fail(source: str, key: str, problem: str) -> DataFormatError:
+    return DataFormatError(f"{source}: {key!r} {problem}")
+
+
+def _first_trial(bad: np.ndarray) -> int | None:
+    """Index of the first trial (axis 0) with any True entry, or None."""
+    per_trial = bad.reshape(bad.shape[0], -1).any(axis=1)
+    return int(per_trial.argmax()) if per_trial.any() else None
+
+
+def _check_layout(source: str, key: str, a: np.ndarray, ndim: int, layout: str) -> None:
+    if a.dtype.kind not in "iuf":
+        raise _fail(source, key, f"must hold integers or floats, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise _fail(source, key, f"must be {ndim}-D {layout}, got shape {a.shape}")
+
+
+def _check_leading(source: str, key: str, a: np.ndarray, expected: tuple[int, ...]) -> None:
+    if a.shape[: len(expected)] != expected:
+        problem = f"has shape {a.shape}; its leading dimensions must be {expected} (see 'spikes')"
+        raise _fail(source, key, problem)
+
+
+def _check_finite(source: str, key: str, a: np.ndarray) -> None:
+    if a.dtype.kind == "f":
+        trial = _first_trial(~np.isfinite(a))
+        if trial is not None:
+            raise _fail(source, key, f"contains NaN or inf (first at trial {trial})")
+
+
+def _check_integer_valued(source: str, key: str, a: np.ndarray) -> None:
+    if a.dtype.kind == "f":
+        trial = _first_trial(a != np.round(a))
+        if trial is not None:
+            raise _fail(source, key, f"must hold integers, got a fraction at trial {trial}")
+
+
+def _check_non_negative(source: str, key: str, a: np.ndarray) -> None:
+    if a.dtype.kind != "u":
+        trial = _first_trial(a < 0)
+        if trial is not None:
+            raise _fail(source, key, f"must be non-negative, got a negative value at trial {trial}")
+
+
+def _check_per_trial(source: str, key: str, a: np.ndarray, n: int) -> None:
+    """A finite, integer-valued ``[n]`` vector (``lengths``, ``split``)."""
+    _check_layout(source, key, a, 1, "[trials]")
+    _check_leading(source, key, a, (n,))
+    _check_finite(source, key, a)
+    _check_integer_valued(source, key, a)
+
+
+def _check_spikes(source: str, spikes: np.ndarray) -> None:
+    _check_layout(source, "spikes", spikes, 3, "[trials, time, neurons]")
+    if min(spikes.shape) == 0:
+        raise _fail(source, "spikes", f"must be non-empty, got shape {spikes.shape}")
+    _check_finite(source, "spikes", spikes)
+    _check_non_negative(source, "spikes", spikes)
+    _check_integer_valued(source, "spikes", spikes)
+
+
+def _check_lengths(source: str, lengths: np.ndarray, spikes: np.ndarray) -> None:
+    n, t = spikes.shape[:2]
+    _check_per_trial(source, "lengths", lengths, n)
+    outside = (lengths < 1) | (lengths > t)
+    if outside.any():
+        trial = int(outside.argmax())
+        raise _fail(source, "lengths", f"must lie in [1, {t}], got {lengths[trial]} at trial {trial}")
+    padding = np.arange(t)[None, :] >= lengths[:, None]
+    trial = _first_trial((spikes != 0).any(axis=2) & padding)
+    if trial is not None:
+        raise _fail(source, "spikes", f"has non-zero counts past 'lengths' (padding) at trial {trial}")
+
+
+def _check_split(source: str, split: np.ndarray, n: int) -> None:
+    _check_per_trial(source, "split", split, n)
+    bad = ~np.isin(split, list(SPLIT_CODES.values()))
+    if bad.any():
+        trial = int(bad.argmax())
+        raise _fail(source, "split", f"codes must be 0, 1 or 2, got {split[trial]} at trial {trial}")
+
+
+def _check_bin_width(source: str, bin_width: object) -> float:
+    value = np.asarray(bin_width)
+    if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value) or value <= 0:
+        raise _fail(source, "bin_width", f"must be one positive finite number (seconds), got {bin_width}")
+    return float(value)
+
+
+def validate_arrays(arrays: dict[str, np.ndarray], bin_width: object, source: str) -> float:
+    """Check arrays keyed as in the file against the format; returns ``bin_width`` as float.
+
+    Raises:
+        DataFormatError: naming ``source`` and the offending key.
+    """
+    if "spikes" not in arrays:
+        raise _fail(source, "spikes", "is missing")
+    spikes = arrays["spikes"]
+    _check_spikes(source, spikes)
+    n, t = spikes.shape[:2]
+    if "lengths" in arrays:
+        _check_lengths(source, arrays["lengths"], spikes)
+    for key, (ndim, layout) in _OPTIONAL_FLOAT_LAYOUTS.items():
+        if key in arrays:
+            _check_layout(source, key, arrays[key], ndim, layout)
+            _check_leading(source, key, arrays[key], spikes.shape if key == "rates" else (n, t)[: ndim - 1])
+            _check_finite(source, key, arrays[key])
+    if "rates" in arrays:
+        _check_non_negative(source, "rates", arrays["rates"])
+    if "split" in arrays:
+        _check_split(source, arrays["split"], n)
+    return _check_bin_width(source, bin_width)
+
+
+# ------------------------------------------------------------------------------------ writer, reader
+
+
+def _write_contents(f: h5py.File, arrays: dict[str, np.ndarray], bin_width: float, description: str) -> None:
+    """Fill an open file: sparse counts gzip-compressed (auto-chunked), the rest stored plainly."""
+    for key, a in arrays.items():
+        compression = {"compression": "gzip", "compression_opts": 1} if key == "spikes" else {}
+        f.create_dataset(key, data=a, **compression)
+    f.attrs["bin_width"] = bin_width
+    f.attrs["description"] = description
+
+
+def write_dataset(
+    path: str | os.PathLike,
+    spikes: np.ndarray,
+    *,
+    bin_width: float,
+    lengths: np.ndarray | None = None,
+    behavior: np.ndarray | None = None,
+    conditions: np.ndarray | None = None,
+    split: np.ndarray | None = None,
+    rates: np.ndarray | None = None,
+    latents: np.ndarray | None = None,
+    description: str = "",
+) -> Path:
+    """Validate, then write a dataset file atomically; returns the path.
+
+    Arrays use the file layout (``spikes`` ``[n, T, N]``, see module docstring) and keep their dtypes.
+    The file is written under a temporary name in the target folder and moved into place with
+    :func:`os.replace`, so ``path`` is either untouched or complete; the temporary file is removed on
+    any failure.
+
+    Raises:
+        DataFormatError: invalid arrays (nothing is written).
+    """
+    target = Path(path)
+    given = dict(spikes=spikes, lengths=lengths, behavior=behavior, conditions=conditions, rates=rates,
+                 latents=latents, split=split)
+    arrays = {key: np.asarray(a) for key, a in given.items() if a is not None}
+    bin_width = validate_arrays(arrays, bin_width, str(target))
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with h5py.File(temporary, "w-") as f:
+            _write_contents(f, arrays, bin_width, str(description))
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _read_array(f: h5py.File, key: str, source: str) -> np.ndarray:
+    node = f[key]
+    if not isinstance(node, h5py.Dataset):
+        raise _fail(source, key, "must be a dataset, not a group")
+    try:
+        return np.asarray(node[()])
+    except (OSError, RuntimeError, ValueError) as err:
+        raise _fail(source, key, f"cannot be read: {err}") from err
+
+
+def _read_description(f: h5py.File) -> str:
+    value = f.attrs.get("description", "")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_dataset(path: str | os.PathLike) -> SpikeData:
+    """Read and validate a dataset file (format in the module docstring).
+
+    Missing ``lengths`` means every trial spans all ``T`` bins; a missing ``split`` is replaced by
+    :func:`random_split` with the default fractions and seed.
+
+    Raises:
+        DataFormatError: missing file, not HDF5, or any format violation; the message names the path
+            and the key (and the first offending trial where cheap).
+    """
+    source = str(path)
+    if not os.path.isfile(source):
+        raise DataFormatError(f"{source}: no such file")
+    if not h5py.is_hdf5(source):
+        raise DataFormatError(f"{source}: not an HDF5 file")
+    try:
+        with h5py.File(source, "r") as f:
+            if "spikes" not in f:
+                raise _fail(source, "spikes", "is missing (required dataset [trials, time, neurons])")
+            if "bin_width" not in f.attrs:
+                raise _fail(source, "bin_width", "is missing (required root attribute, seconds)")
+            arrays = {key: _read_array(f, key, source) for key in ARRAY_KEYS if key in f}
+            raw_bin_width = f.attrs["bin_width"]
+            description = _read_description(f)
+    except OSError as err:
+        raise DataFormatError(f"{source}: cannot be read as HDF5: {err}") from err
+    bin_width = validate_arrays(arrays, raw_bin_width, source)
+    spikes = arrays.pop("spikes")
+    n, t = spikes.shape[:2]
+    lengths = arrays.pop("lengths", np.full(n, t)).astype(np.int64)
+    split_codes = arrays.pop("split", None)
+    split_codes = random_split(n) if split_codes is None else split_codes.astype(np.uint8)
+    return SpikeData(spikes=spikes, bin_width=bin_width, lengths=lengths, split_codes=split_codes,
+                     description=description, path=source, **arrays)

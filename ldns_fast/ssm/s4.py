@@ -1,0 +1,112 @@
+"""The S4 layer: an SSM convolution kernel, FFT convolution and a skip term, with an inference cache.
+
+The kernel depends only on the weights and the length ``L``, so when no gradient can flow to it
+(grad mode off, or the kernel parameters frozen) it is computed once per ``(L, device, dtype)`` and
+reused. The cache is keyed on every kernel parameter's storage pointer and version counter, so
+optimiser steps, in-place edits, ``load_state_dict`` and ``.to()`` invalidate it.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .fftconv import fft_conv
+from .ssm_kernels import DiagonalKernel, DPLRKernel
+
+# Number of sequence lengths whose kernels are kept (least recently used evicted first).
+KERNEL_CACHE_SIZE = 8
+
+
+class S4(nn.Module):
+    """S4 layer ``y = K * u + D u`` on ``[B, H, L]`` sequences.
+
+    Args:
+        d_model: channels ``H``.
+        d_state: state size ``N`` (even).
+        mode: ``"dplr"`` (original S4, HiPPO-LegS with rank-1 term, bilinear) or ``"diag"`` (S4D).
+        disc: ``"bilinear"`` or ``"zoh"`` (``"zoh"`` only with ``mode="diag"``).
+        init: ``"legs"`` or ``"lin"`` (``"lin"`` only with ``mode="diag"``).
+        bidirectional: also convolve with a second, anti-causal kernel.
+        dt_min, dt_max: range of the log-uniform initial step sizes.
+        backend: kernel backend (``"auto"``, ``"torch"``, ``"keops"``, ``"triton"``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        mode: str = "dplr",
+        disc: str = "bilinear",
+        init: str = "legs",
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
+        self.d_model = d_model
+        if mode == "dplr":
+            if disc != "bilinear" or init != "legs":
+                raise ValueError(
+                    f"mode='dplr' supports only disc='bilinear' and init='legs', got disc={disc!r}, init={init!r}"
+                )
+            self.kernel: nn.Module = DPLRKernel(d_model, d_state, bidirectional, dt_min, dt_max, backend)
+        elif mode == "diag":
+            self.kernel = DiagonalKernel(d_model, d_state, init, disc, bidirectional, dt_min, dt_max, backend)
+        else:
+            raise ValueError(f"mode must be 'dplr' or 'diag', got {mode!r}")
+        self.D = nn.Parameter(torch.randn(d_model))
+        self._kernel_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._cache_signature: tuple = ()
+
+    def clear_kernel_cache(self) -> None:
+        """Drop every cached kernel."""
+        self._kernel_cache.clear()
+        self._cache_signature = ()
+
+    def _parameter_signature(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.kernel.parameters())
+
+    def _cacheable(self) -> bool:
+        """True when no gradient can flow to the kernel (grad mode off or kernel parameters frozen)."""
+        return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.kernel.parameters())
+
+    def kernel_for(self, L: int) -> torch.Tensor:
+        """Real kernel ``[n_kernels, H, L]``, from the cache when no gradient is needed."""
+        if not self._cacheable():
+            return self.kernel(L)
+        signature = self._parameter_signature()
+        if signature != self._cache_signature:
+            self.clear_kernel_cache()
+            self._cache_signature = signature
+        ref = self.kernel.log_dt
+        key = (L, ref.device, ref.dtype)
+        if key in self._kernel_cache:
+            self._kernel_cache.move_to_end(key)
+            return self._kernel_cache[key]
+        K = self.kernel(L)
+        self._kernel_cache[key] = K
+        if len(self._kernel_cache) > KERNEL_CACHE_SIZE:
+            self._kernel_cache.popitem(last=False)
+        return K
+
+    def _check_input(self, u: object) -> torch.Tensor:
+        if not isinstance(u, torch.Tensor) or u.dim() != 3 or not u.is_floating_point():
+            desc = f"{tuple(u.shape)} {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"u must be a real floating tensor of shape [B, H, L], got {desc}")
+        if u.shape[1] != self.d_model or u.shape[2] == 0:
+            raise ValueError(
+                f"u must have shape [B, H={self.d_model}, L>=1] for d_model={self.d_model}, got {tuple(u.shape)}"
+            )
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError("u contains NaN or infinite values")
+        return u
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """``u [B, H, L]`` -> ``[B, H, L]``."""
+        u = self._check_input(u)
+        return fft_conv(u, self.kernel_for(u.shape[-1]), self.D)

@@ -1,0 +1,475 @@
+"""Tests for the S4 layers in :mod:`ldns_fast.ssm`, each against an independent computation.
+
+Oracles: dense float64 state-space recurrences (powers of the discretised state matrix), a Van Loan
+matrix exponential for ZOH, Gauss-Legendre quadrature of the continuous impulse response, and direct
+O(L^2) convolution sums.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ldns_fast.ssm import (
+    KERNEL_CACHE_SIZE,
+    S4,
+    DiagonalKernel,
+    DPLRKernel,
+    fft_conv,
+    hippo_legs,
+    hippo_legs_dplr,
+)
+
+DPLR_LENGTHS = [1, 2, 7, 16, 33, 64, 100]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out - ref).detach().norm() / ref.detach().norm())
+
+
+def full_pairs(x: torch.Tensor) -> torch.Tensor:
+    """``[..., Np]`` -> ``[..., 2 Np]`` conjugate-pair completion ``[x, conj x]``."""
+    return torch.cat([x, x.conj()], dim=-1)
+
+
+def impulse_response(dA: torch.Tensor, dB: torch.Tensor, C: torch.Tensor, L: int) -> torch.Tensor:
+    """``K[k, h, l] = C[k, h] dA[h]^l dB[h]`` by running the recurrence; dA ``[H, N, N]``, dB ``[H, N]``,
+    C ``[n_kernels, H, N]`` -> complex ``[n_kernels, H, L]``."""
+    out, x = [], dB
+    for _ in range(L):
+        out.append((C * x).sum(-1))
+        x = torch.einsum("hij,hj->hi", dA, x)
+    return torch.stack(out, dim=-1)
+
+
+def perturb_(module: torch.nn.Module, scale: float = 0.1) -> None:
+    """Give every channel its own state parameters (the HiPPO init repeats them across channels)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+# ---------------------------------------------------------------------------------------------- HiPPO
+
+
+def test_hippo_legs_matches_definition() -> None:
+    N = 6
+    A, P, B = hippo_legs(N)
+    for n in range(N):
+        assert B[n] == pytest.approx(np.sqrt(2 * n + 1))
+        assert P[n] == pytest.approx(np.sqrt(n + 0.5))
+        for k in range(N):
+            expected = -np.sqrt(2 * n + 1) * np.sqrt(2 * k + 1) if n > k else (-(n + 1) if n == k else 0.0)
+            assert A[n, k] == pytest.approx(expected)
+
+
+def dplr_full_system(N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    Lambda, P, B = hippo_legs_dplr(N)
+    Pf = full_pairs(P)
+    return torch.diag(full_pairs(Lambda)) - torch.outer(Pf, Pf.conj()), Pf, full_pairs(B)
+
+
+def test_hippo_dplr_eigenvalues_match_legs() -> None:
+    N = 8
+    Lambda, _, _ = hippo_legs_dplr(N)
+    assert Lambda.dtype == torch.complex128 and Lambda.shape == (N // 2,)
+    assert torch.all(Lambda.real == -0.5) and torch.all(Lambda.imag > 0)
+    A_full, _, _ = dplr_full_system(N)
+    A, _, _ = hippo_legs(N)
+    eig_dplr = torch.linalg.eigvals(A_full)
+    eig_legs = torch.linalg.eigvals(A)  # triangular: exactly -1 .. -N
+    assert eig_dplr.imag.abs().max() < 1e-8
+    assert torch.allclose(eig_dplr.real.sort().values, eig_legs.real.sort().values, atol=1e-8)
+
+
+@pytest.mark.parametrize("N", [8, 16, 64])
+def test_hippo_dplr_is_unitarily_similar_to_legs(N: int) -> None:
+    """``x^H A^k y`` for ``x, y`` in {B, P} is invariant under the unitary change of basis."""
+    A, P, B = hippo_legs(N)
+    A_full, P_full, B_full = dplr_full_system(N)
+    for k in range(6):
+        Ak, Ak_full = torch.linalg.matrix_power(A, k), torch.linalg.matrix_power(A_full, k)
+        for x, y, x_full, y_full in [(B, B, B_full, B_full), (P, B, P_full, B_full), (P, P, P_full, P_full)]:
+            ref = x @ Ak @ y
+            got = x_full.conj() @ Ak_full @ y_full
+            assert abs(got - ref) <= 1e-10 * abs(ref), (k, got, ref)
+
+
+# -------------------------------------------------------------------------------------------- DPLR S4
+
+
+def dplr_oracle(kernel: DPLRKernel, L: int) -> torch.Tensor:
+    """Real ``[n_kernels, H, L]`` from powers of the dense bilinear-discretised full system (float64)."""
+    dt = kernel.dt().double()[:, None, None]
+    Lambda, P = kernel.A().cdouble(), kernel.P_complex().cdouble()
+    B, C = kernel.B_complex().cdouble(), kernel.C_complex().cdouble()
+    Pf = full_pairs(P)
+    A = torch.diag_embed(full_pairs(Lambda)) - Pf[:, :, None] * Pf.conj()[:, None, :]
+    eye = torch.eye(A.shape[-1], dtype=A.dtype)
+    inv = torch.linalg.inv(eye - dt / 2 * A)
+    dA = inv @ (eye + dt / 2 * A)
+    dB = (inv @ (dt * full_pairs(B)[..., None]))[..., 0]
+    K = impulse_response(dA, dB, full_pairs(C), L)
+    assert K.imag.abs().max() <= 1e-10 * K.abs().max()
+    return K.real
+
+
+@pytest.mark.parametrize("L", DPLR_LENGTHS)
+@pytest.mark.parametrize("H, N, bidirectional, dt_max", [(3, 16, False, 0.1), (2, 8, True, 1.0)])
+def test_dplr_kernel_matches_state_space_powers(L: int, H: int, N: int, bidirectional: bool, dt_max: float) -> None:
+    torch.manual_seed(L)
+    kernel32 = DPLRKernel(H, N, bidirectional=bidirectional, dt_min=1e-3, dt_max=dt_max, backend="torch")
+    perturb_(kernel32)
+    kernel64 = DPLRKernel(H, N, bidirectional=bidirectional, backend="torch").double()
+    kernel64.load_state_dict(kernel32.state_dict())
+    ref = dplr_oracle(kernel64, L)
+    K64 = kernel64(L)
+    assert K64.shape == (2 if bidirectional else 1, H, L) and K64.dtype == torch.float64
+    assert rel_err(K64, ref) < 1e-8
+    K32 = kernel32(L)
+    assert K32.dtype == torch.float32
+    assert rel_err(K32.double(), ref) < 1e-4
+
+
+def test_dplr_does_not_mutate_parameters() -> None:
+    torch.manual_seed(0)
+    kernel = DPLRKernel(2, 8, backend="torch")
+    before = {k: v.clone() for k, v in kernel.state_dict().items()}
+    first = kernel(16)
+    kernel(33)
+    second = kernel(16)
+    assert torch.equal(first, second)
+    for name, value in kernel.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+# ---------------------------------------------------------------------------------------------- S4D
+
+
+def diagonal_parameters(kernel: DiagonalKernel) -> tuple[torch.Tensor, ...]:
+    """``(dt [H], A [H, Np], B [H, Np], C [n_kernels, H, Np])`` in float64/complex128."""
+    return (
+        kernel.dt().double(),
+        kernel.A().cdouble(),
+        kernel.B_complex().cdouble(),
+        kernel.C_complex().cdouble(),
+    )
+
+
+def diagonal_oracle(kernel: DiagonalKernel, L: int) -> torch.Tensor:
+    """Recurrence on the dense discretised system: ZOH by a Van Loan matrix exponential
+    ``exp(dt [[A, B], [0, 0]]) = [[dA, dB], [0, 1]]``, bilinear by a dense inverse."""
+    dt, A, B, C = diagonal_parameters(kernel)
+    H, Np = A.shape
+    A_dense = torch.diag_embed(A)
+    if kernel.disc == "zoh":
+        block = torch.zeros(H, Np + 1, Np + 1, dtype=A.dtype)
+        block[:, :Np, :Np] = A_dense
+        block[:, :Np, Np] = B
+        expo = torch.linalg.matrix_exp(dt[:, None, None] * block)
+        dA, dB = expo[:, :Np, :Np], expo[:, :Np, Np]
+    else:
+        eye = torch.eye(Np, dtype=A.dtype)
+        inv = torch.linalg.inv(eye - dt[:, None, None] / 2 * A_dense)
+        dA = inv @ (eye + dt[:, None, None] / 2 * A_dense)
+        dB = (inv @ (dt[:, None, None] * B[..., None]))[..., 0]
+    return 2 * impulse_response(dA, dB, C, L).real
+
+
+def zoh_quadrature(kernel: DiagonalKernel, L: int, nodes: int = 24) -> torch.Tensor:
+    """ZOH kernel as the integral of the continuous impulse response over each step:
+    ``K[l] = int_0^dt 2 Re(C exp(A (l dt + s)) B) ds`` (Gauss-Legendre)."""
+    dt, A, B, C = diagonal_parameters(kernel)
+    x, w = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(nodes))
+    s = (x + 1) / 2 * dt[:, None]  # [H, Q]
+    weights = w * dt[:, None] / 2  # [H, Q]
+    t = torch.arange(L, dtype=torch.float64)[:, None, None] * dt[None, :, None] + s[None]  # [L, H, Q]
+    response = torch.einsum("khn,hn,lhqn->khlq", C, B, torch.exp(A[None, :, None, :] * t[..., None]))
+    return 2 * (response.real * weights[None, :, None, :]).sum(-1)
+
+
+def bilinear_closed_form(kernel: DiagonalKernel, L: int) -> torch.Tensor:
+    """``K[l] = 2 Re(sum_n C B dt / (1 - dt A / 2) * ((1 + dt A / 2) / (1 - dt A / 2))^l)`` by integer powers."""
+    dt, A, B, C = diagonal_parameters(kernel)
+    half = dt[:, None] * A / 2
+    ratio = (1 + half) / (1 - half)
+    powers = torch.stack([ratio**l for l in range(L)], dim=-1)  # [H, Np, L]
+    return 2 * torch.einsum("khn,hnl->khl", C * B * dt[:, None] / (1 - half), powers).real
+
+
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+@pytest.mark.parametrize("init", ["legs", "lin"])
+@pytest.mark.parametrize("L", [1, 37, 64])
+def test_diagonal_kernel_matches_recurrence(disc: str, init: str, L: int) -> None:
+    torch.manual_seed(1)
+    kernel = DiagonalKernel(3, 16, init=init, disc=disc, bidirectional=True, backend="torch").double()
+    perturb_(kernel)
+    K = kernel(L)
+    assert K.shape == (2, 3, L) and K.dtype == torch.float64
+    assert rel_err(K, diagonal_oracle(kernel, L)) < 1e-10
+
+
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+def test_diagonal_kernel_matches_closed_form(disc: str) -> None:
+    torch.manual_seed(2)
+    L = 50
+    kernel = DiagonalKernel(2, 8, init="lin", disc=disc, dt_min=1e-2, dt_max=0.2, backend="torch").double()
+    closed = zoh_quadrature(kernel, L) if disc == "zoh" else bilinear_closed_form(kernel, L)
+    assert rel_err(kernel(L), closed) < 1e-10
+    kernel32 = DiagonalKernel(2, 8, init="lin", disc=disc, backend="torch")
+    kernel32.load_state_dict(kernel.state_dict())
+    assert rel_err(kernel32(L).double(), closed) < 1e-5
+
+
+def test_dplr_without_low_rank_term_equals_diagonal_bilinear() -> None:
+    torch.manual_seed(3)
+    dplr = DPLRKernel(3, 8, bidirectional=True, backend="torch").double()
+    perturb_(dplr)
+    with torch.no_grad():
+        dplr.P.zero_()
+    diag = DiagonalKernel(3, 8, disc="bilinear", bidirectional=True, backend="torch").double()
+    diag.load_state_dict({k: v for k, v in dplr.state_dict().items() if k != "P"})
+    for L in (9, 32):
+        assert rel_err(dplr(L), diag(L)) < 1e-10
+
+
+# ------------------------------------------------------------------------------------------- FFT conv
+
+
+def direct_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
+    """``y[t] = sum_{j<=t} k0[j] u[t-j] + sum_{m>=1} k1[m-1] u[t+m] + D u[t]`` by explicit loops."""
+    L = u.shape[-1]
+    y = torch.zeros_like(u)
+    for t in range(L):
+        for j in range(t + 1):
+            y[..., t] += k[0, :, j] * u[..., t - j]
+        if k.shape[0] == 2:
+            for m in range(1, L - t):
+                y[..., t] += k[1, :, m - 1] * u[..., t + m]
+    return y if D is None else y + D[:, None] * u
+
+
+@pytest.mark.parametrize("n_kernels", [1, 2])
+@pytest.mark.parametrize("L", [1, 13, 16])
+@pytest.mark.parametrize("with_D", [True, False])
+def test_fft_conv_matches_direct_sum(n_kernels: int, L: int, with_D: bool) -> None:
+    torch.manual_seed(4)
+    u = torch.randn(2, 3, L, dtype=torch.float64)
+    k = torch.randn(n_kernels, 3, L, dtype=torch.float64)
+    D = torch.randn(3, dtype=torch.float64) if with_D else None
+    y = fft_conv(u, k, D)
+    assert y.shape == u.shape
+    assert torch.allclose(y, direct_conv(u, k, D), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "u_shape, k_shape, D_shape, name",
+    [
+        ((3, 4), (1, 3, 4), None, "u"),
+        ((2, 3, 4), (1, 3, 5), None, "k"),
+        ((2, 3, 4), (3, 3, 4), None, "k"),
+        ((2, 3, 4), (1, 2, 4), None, "k"),
+        ((2, 3, 4), (1, 3, 4), (4,), "D"),
+    ],
+)
+def test_fft_conv_rejects_bad_shapes(u_shape, k_shape, D_shape, name: str) -> None:
+    D = None if D_shape is None else torch.randn(D_shape)
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        fft_conv(torch.randn(u_shape), torch.randn(k_shape), D)
+
+
+# ------------------------------------------------------------------------------------------- S4 layer
+
+LAYER_CONFIGS = [
+    dict(mode="dplr"),
+    dict(mode="diag", disc="zoh", init="legs"),
+    dict(mode="diag", disc="bilinear", init="lin"),
+]
+
+
+@pytest.mark.parametrize("config", LAYER_CONFIGS)
+def test_s4_causal_output_ignores_future(config: dict) -> None:
+    torch.manual_seed(5)
+    layer = S4(4, 16, backend="torch", **config).double()
+    u = torch.randn(2, 4, 40, dtype=torch.float64)
+    changed = u.clone()
+    t = 17
+    changed[..., t + 1 :] = torch.randn_like(changed[..., t + 1 :])
+    y, y_changed = layer(u), layer(changed)
+    assert torch.allclose(y[..., : t + 1], y_changed[..., : t + 1], atol=1e-12, rtol=0)
+    assert not torch.allclose(y[..., t + 1 :], y_changed[..., t + 1 :])
+
+
+@pytest.mark.parametrize("config", LAYER_CONFIGS)
+def test_s4_bidirectional_output_sees_future(config: dict) -> None:
+    torch.manual_seed(6)
+    layer = S4(4, 16, bidirectional=True, backend="torch", **config).double()
+    u = torch.randn(2, 4, 40, dtype=torch.float64)
+    changed = u.clone()
+    changed[..., 30:] += 1.0
+    y, y_changed = layer(u), layer(changed)
+    assert (y[..., :30] - y_changed[..., :30]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("config", LAYER_CONFIGS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_s4_gradients_reach_every_parameter(config: dict, bidirectional: bool) -> None:
+    torch.manual_seed(7)
+    layer = S4(4, 8, bidirectional=bidirectional, backend="torch", **config)
+    u = torch.randn(2, 4, 24)
+    (layer(u) ** 2).mean().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().max() > 0, name
+
+
+# ----------------------------------------------------------------------------------------- kernel cache
+
+
+def count_kernel_calls(layer: S4, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Wrap ``layer.kernel.forward`` so each kernel computation appends its length to the returned list."""
+    calls: list[int] = []
+    original = layer.kernel.forward
+
+    def counted(L: int) -> torch.Tensor:
+        calls.append(L)
+        return original(L)
+
+    monkeypatch.setattr(layer.kernel, "forward", counted)
+    return calls
+
+
+def fresh_output(layer: S4, u: torch.Tensor) -> torch.Tensor:
+    """The layer's output with grad enabled (the cache is never used then)."""
+    with torch.enable_grad():
+        return layer(u).detach()
+
+
+@pytest.mark.parametrize("mode", ["dplr", "diag"])
+def test_cache_reused_under_no_grad_only(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(8)
+    layer = S4(4, 8, mode=mode, backend="torch")
+    calls = count_kernel_calls(layer, monkeypatch)
+    u = torch.randn(2, 4, 20)
+    with torch.no_grad():
+        y1, y2 = layer(u), layer(u)
+        layer(torch.randn(1, 4, 11))
+        layer(torch.randn(3, 4, 20))
+    assert calls == [20, 11]
+    assert torch.equal(y1, y2)
+    y3 = layer(u)
+    y4 = layer(u)
+    assert calls == [20, 11, 20, 20]
+    assert y3.requires_grad and torch.allclose(y3, y1)
+    layer.clear_kernel_cache()
+    with torch.no_grad():
+        layer(u)
+    assert calls == [20, 11, 20, 20, 20]
+
+
+def test_cache_is_bounded_lru(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(9)
+    layer = S4(2, 4, mode="diag", backend="torch")
+    calls = count_kernel_calls(layer, monkeypatch)
+    lengths = list(range(3, 3 + KERNEL_CACHE_SIZE + 1))
+    with torch.no_grad():
+        for L in lengths:
+            layer(torch.randn(1, 2, L))
+        layer(torch.randn(1, 2, lengths[-1]))  # most recent: cached
+        layer(torch.randn(1, 2, lengths[0]))  # evicted: recomputed
+    assert calls == lengths + [lengths[0]]
+
+
+@pytest.mark.parametrize("mode", ["dplr", "diag"])
+def test_cache_invalidated_by_in_place_parameter_edit(mode: str) -> None:
+    torch.manual_seed(10)
+    layer = S4(4, 8, mode=mode, backend="torch")
+    u = torch.randn(2, 4, 20)
+    for name, p in layer.kernel.named_parameters():
+        with torch.no_grad():
+            before = layer(u)
+            p.add_(1e-2)
+            after = layer(u)
+        assert not torch.allclose(after, before), name
+        assert torch.allclose(after, fresh_output(layer, u), rtol=1e-6, atol=1e-6), name
+
+
+def test_cache_invalidated_by_load_state_dict_and_optimizer_step() -> None:
+    torch.manual_seed(11)
+    layer, other = S4(4, 8, backend="torch"), S4(4, 8, backend="torch")
+    u = torch.randn(2, 4, 20)
+    with torch.no_grad():
+        layer(u)
+        layer.load_state_dict(other.state_dict())
+        assert torch.allclose(layer(u), fresh_output(other, u), rtol=1e-6, atol=1e-6)
+
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with torch.no_grad():
+        before = layer(u)
+    layer(u).pow(2).mean().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = layer(u)
+    assert not torch.allclose(after, before)
+    assert torch.allclose(after, fresh_output(layer, u), rtol=1e-6, atol=1e-6)
+
+
+def test_cache_follows_dtype_conversion() -> None:
+    torch.manual_seed(12)
+    layer = S4(4, 8, backend="torch")
+    u = torch.randn(2, 4, 20, dtype=torch.float64)
+    with torch.no_grad():
+        y32 = layer(u.float())
+        layer.double()
+        y64 = layer(u)
+    assert y64.dtype == torch.float64
+    assert torch.equal(y64, fresh_output(layer, u))
+    assert torch.allclose(y64.float(), y32, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_kernel_uses_cache_with_grad_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(13)
+    layer = S4(4, 8, backend="torch")
+    layer.kernel.requires_grad_(False)
+    calls = count_kernel_calls(layer, monkeypatch)
+    u = torch.randn(2, 4, 20, requires_grad=True)
+    layer(u).sum().backward()
+    layer(u).sum().backward()
+    assert calls == [20]
+    assert u.grad is not None and layer.D.grad is not None
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize(
+    "u, message",
+    [
+        (torch.randn(2, 3, 10), "u must have shape"),
+        (torch.randn(4, 10), "u must be"),
+        (torch.randint(0, 3, (2, 4, 10)), "u must be"),
+        (torch.full((2, 4, 10), float("nan")), "u contains NaN"),
+    ],
+)
+def test_s4_rejects_bad_input(u: torch.Tensor, message: str) -> None:
+    layer = S4(4, 8, backend="torch")
+    with pytest.raises(ValueError, match=message):
+        layer(u)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(mode="dplr", disc="zoh"),
+        dict(mode="dplr", init="lin"),
+        dict(mode="other"),
+        dict(mode="diag", disc="euler"),
+        dict(mode="diag", init="random"),
+        dict(d_state=7),
+        dict(dt_min=0.5, dt_max=0.1),
+    ],
+)
+def test_s4_rejects_bad_config(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        S4(4, **kwargs)
