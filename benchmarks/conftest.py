@@ -7,8 +7,11 @@ import sys
 import time
 from typing import Callable
 
-import pytest
-import torch
+# KeOps and torch run separate OpenMP pools in one process; spinning idle threads of one slow the other.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 if not torch.cuda.is_available():

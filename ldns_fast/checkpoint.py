@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
+
+from ldns_fast.atomic import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -28,24 +29,7 @@ def versions() -> dict[str, str]:
     """Versions of the software that wrote a checkpoint."""
     from ldns_fast import __version__
 
-    return {"ldns_fast": __version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then atomically rename the fsynced temporary file to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return {"ldns_fast": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def save_yaml(path: str | os.PathLike, data: dict[str, Any]) -> Path:

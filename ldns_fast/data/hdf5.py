@@ -15,13 +15,14 @@ Every violation raises :class:`DataFormatError` naming the file and the key.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
 import h5py
 import numpy as np
+
+from ldns_fast.atomic import atomic_write
 
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -275,9 +276,8 @@ def write_dataset(
     """Validate, then write a dataset file atomically; returns the path.
 
     Arrays use the file layout (``spikes`` ``[n, T, N]``, see module docstring) and keep their dtypes.
-    The file is written under a temporary name in the target folder and moved into place with
-    :func:`os.replace`, so ``path`` is either untouched or complete; the temporary file is removed on
-    any failure.
+    The file is written through :func:`ldns_fast.atomic.atomic_write`, so ``path`` is either untouched
+    or complete; the temporary file is removed on any failure.
 
     Raises:
         DataFormatError: invalid arrays (nothing is written).
@@ -287,15 +287,12 @@ def write_dataset(
                  latents=latents, split=split)
     arrays = {key: np.asarray(a) for key, a in given.items() if a is not None}
     bin_width = validate_arrays(arrays, bin_width, str(target))
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with h5py.File(temporary, "w-") as f:
+
+    def write(temporary: str) -> None:
+        with h5py.File(temporary, "w") as f:
             _write_contents(f, arrays, bin_width, str(description))
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return target
+
+    return atomic_write(target, write)
 
 
 def _read_array(f: h5py.File, key: str, source: str) -> np.ndarray:

@@ -110,15 +110,20 @@ def smoothness_penalty(latents: torch.Tensor, mask: torch.Tensor | None, max_lag
 
 
 def autoencoder_loss(
-    model: Autoencoder, spikes: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator | None = None
+    model: nn.Module,
+    config: AutoencoderConfig,
+    spikes: torch.Tensor,
+    mask: torch.Tensor | None,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Coordinated-dropout training loss on a batch ``spikes [B, C_in, L]``, ``mask [B, L]``.
 
+    ``model`` is an :class:`Autoencoder` (or a DDP / compiled wrapper of one) built from ``config``.
     Each entry is dropped with probability p and the rest scaled by ``1/(1-p)``; the Poisson NLL is
     taken on the dropped valid entries only (all valid entries when p = 0). Returns a dict with
     ``loss`` (the total) and its parts ``poisson``, ``l2``, ``smooth``.
     """
-    c = model.config
+    c = config
     valid = torch.ones_like(spikes) if mask is None else mask[:, None, :].expand_as(spikes).to(spikes.dtype)
     if c.coordinated_dropout > 0:
         keep = (torch.rand(spikes.shape, generator=generator, device=spikes.device) >= c.coordinated_dropout)

@@ -1,0 +1,120 @@
+"""Public API of a trained model: ``load`` a run folder, then ``encode``, ``decode`` and ``sample``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ldns_fast.checkpoint import CheckpointError, load_checkpoint
+from ldns_fast.config import RunConfig, from_dict
+from ldns_fast.data import valid_mask
+from ldns_fast.diffusion import DiffusionSchedule, make_sampler, sample as run_sampler
+from ldns_fast.models import Autoencoder, Denoiser
+from ldns_fast.training.stages import AUTOENCODER_FILE, DIFFUSION_FILE
+
+
+@dataclass
+class Samples:
+    """Generated trials: latents ``[n, C_latent, T]``, rates and spikes ``[n, N, T]``, lengths ``[n]``."""
+
+    latents: torch.Tensor
+    rates: torch.Tensor
+    spikes: torch.Tensor
+    lengths: torch.Tensor
+
+
+class LDNS:
+    """A trained autoencoder + EMA denoiser with its latent normalisation, ready to sample."""
+
+    def __init__(
+        self, config: RunConfig, autoencoder: Autoencoder, denoiser: Denoiser,
+        latent_mean: torch.Tensor, latent_std: torch.Tensor, bin_width: float, n_bins: int,
+    ) -> None:
+        self.config = config
+        self.autoencoder = autoencoder.eval()
+        self.denoiser = denoiser.eval()
+        self.schedule = DiffusionSchedule(config.schedule)
+        self.latent_mean, self.latent_std = latent_mean, latent_std
+        self.bin_width, self.n_bins = bin_width, n_bins
+
+    @property
+    def device(self) -> torch.device:
+        return self.latent_mean.device
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> LDNS:
+        """Load ``run_dir/diffusion.pt`` (EMA weights) and ``run_dir/autoencoder.pt``."""
+        run_dir = Path(run_dir)
+        diff = load_checkpoint(run_dir / DIFFUSION_FILE, "diffusion", ("ema", "latent_mean", "latent_std"), device)
+        ae = load_checkpoint(run_dir / AUTOENCODER_FILE, "autoencoder", ("model",), device)
+        if not diff.get("complete", False):
+            raise CheckpointError(f"{run_dir / DIFFUSION_FILE} holds an unfinished run; resume training first")
+        config = from_dict(RunConfig, diff["config"])
+        autoencoder = Autoencoder(config.autoencoder)
+        autoencoder.load_state_dict(ae["model"])
+        denoiser = Denoiser(config.denoiser)
+        denoiser.load_state_dict(diff["ema"]["shadow"])
+        return cls(
+            config, autoencoder.to(device), denoiser.to(device), diff["latent_mean"], diff["latent_std"],
+            float(diff["bin_width"]), int(diff["n_bins"]),
+        )
+
+    @torch.no_grad()
+    def encode(self, spikes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Spike counts ``[B, N, T]`` -> autoencoder latents ``[B, C_latent, T]``."""
+        if spikes.dim() != 3 or spikes.shape[1] != self.config.autoencoder.n_neurons:
+            raise ValueError(
+                f"spikes must have shape [B, N={self.config.autoencoder.n_neurons}, T], got {tuple(spikes.shape)}"
+            )
+        return self.autoencoder.encode(spikes.to(self.device, torch.float32), mask)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, C_latent, T]`` -> Poisson rates ``[B, N, T]`` (per bin)."""
+        return self.autoencoder.decode(latents.to(self.device))
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, length: int | None = None, lengths: list[int] | torch.Tensor | None = None,
+        sampler: str = "ddim", steps: int = 20, seed: int | None = None, batch_size: int = 256,
+        progress: bool = False, **sampler_kwargs,
+    ) -> Samples:
+        """Generate ``n`` trials of ``length`` bins (default: the training length) or per-trial ``lengths``.
+
+        ``sampler`` is ``"ddpm"``, ``"ddim"`` or ``"dpm++"`` with ``steps`` steps; ``seed`` makes the
+        latents and the Poisson spikes reproducible.
+        """
+        if lengths is None:
+            lengths = torch.full((n,), length or self.n_bins, dtype=torch.long)
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+        if lengths.shape != (n,) or int(lengths.min()) < 1:
+            raise ValueError(f"lengths must hold n={n} positive integers, got {lengths.tolist()[:10]}")
+        gen = torch.Generator(self.device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        schedule_sampler = make_sampler(sampler, self.schedule, **sampler_kwargs)
+        parts = []
+        for start in range(0, n, batch_size):
+            part_lengths = lengths[start : start + batch_size]
+            T = int(part_lengths.max())
+            mask = valid_mask(part_lengths, T).to(self.device)
+            z = run_sampler(
+                lambda x, t: self.denoiser(x, t, mask), (len(part_lengths), self.config.denoiser.latent, T),
+                schedule_sampler, steps, generator=gen, device=self.device, progress=progress,
+            )
+            latents = (z * self.latent_std[:, None] + self.latent_mean[:, None]) * mask[:, None]
+            rates = self.decode(latents) * mask[:, None]
+            spikes = torch.poisson(rates, generator=gen)
+            parts.append((latents.cpu(), rates.cpu(), spikes.cpu()))
+        T_max = int(lengths.max())
+        return Samples(*(torch.cat([_pad_time(p[i], T_max) for p in parts]) for i in range(3)), lengths)
+
+
+def _pad_time(x: torch.Tensor, T: int) -> torch.Tensor:
+    """Zero-pad ``x [..., t]`` to ``[..., T]``."""
+    return torch.nn.functional.pad(x, (0, T - x.shape[-1]))
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu") -> LDNS:
+    """Load a trained run folder (see :meth:`LDNS.load`)."""
+    return LDNS.load(run_dir, device)

@@ -1,0 +1,209 @@
+"""One training stage: epochs of shuffled mini-batches, validation, atomic checkpoints and exact resume.
+
+Randomness (batch order, dropout masks, diffusion noise) comes from generators re-seeded from
+``(seed, epoch, rank)`` at every epoch, so resuming from an epoch checkpoint continues exactly as an
+uninterrupted run would. Multi-GPU runs start through ``torchrun``: each rank takes a slice of every
+epoch's permutation and the model is wrapped in DistributedDataParallel; rank 0 writes checkpoints.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from ldns_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ldns_fast.config import StageConfig
+
+from .ema import EMA
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch, torch.Generator], dict[str, torch.Tensor]]
+
+
+@dataclass
+class DistributedContext:
+    """Rank, world size and device of this process (a single process without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_context(device: str | torch.device) -> DistributedContext:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``); pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(device)
+    if world_size == 1:
+        return DistributedContext(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return DistributedContext(rank, world_size, device)
+
+
+def epoch_generator(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
+    """The generator for one epoch of one rank (independent streams per epoch and rank)."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch * 7919 + rank)
+
+
+def cosine_with_warmup(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to 0."""
+    warmup = max(1, int(round(warmup_fraction * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def iterate_batches(data: Batch, batch_size: int, order: torch.Tensor) -> Any:
+    """Yield dicts of rows ``order[i : i + batch_size]`` of every tensor in ``data``."""
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield {key: value[idx] for key, value in data.items()}
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class StageTrainer:
+    """Train ``model`` with ``loss_fn`` under ``cfg``; checkpoints go to ``checkpoint_path``.
+
+    ``config`` (a plain dict) is stored in the checkpoint and beside it; ``extra`` holds further
+    tensors/values to store (e.g. latent normalisation statistics). With ``ema`` settings
+    ``(max_decay, power)`` an EMA of the weights is kept, validated on and saved.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        model: nn.Module,
+        loss_fn: LossFn,
+        cfg: StageConfig,
+        checkpoint_path: str | Path,
+        config: dict[str, Any],
+        seed: int,
+        context: DistributedContext,
+        ema: tuple[float, float] | None = None,
+        compile: bool = False,
+        progress: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.kind, self.cfg, self.seed, self.ctx = kind, cfg, seed, context
+        self.model = model.to(context.device)
+        self.loss_fn = loss_fn
+        self.path = Path(checkpoint_path)
+        self.config = config
+        self.extra = extra or {}
+        self.progress = progress and context.is_main
+        self.ema = EMA(self.model, *ema) if ema is not None else None
+        wrapped: nn.Module = self.model
+        if context.world_size > 1:
+            wrapped = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[context.device.index] if context.device.type == "cuda" else None
+            )
+        self.train_model = torch.compile(wrapped) if compile else wrapped
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 0
+
+    def _steps_per_epoch(self, n_train: int) -> int:
+        per_rank = math.ceil(n_train / self.ctx.world_size)
+        return math.ceil(per_rank / self.cfg.batch_size)
+
+    def resume(self) -> bool:
+        """Restore from the checkpoint; return True if it holds a finished stage."""
+        record = load_checkpoint(self.path, self.kind, ("model", "optimizer", "epoch", "history", "complete"))
+        if record["config"] != self.config:
+            raise CheckpointError(
+                f"checkpoint {self.path} was written with another configuration; start a new output folder "
+                f"or pass the same settings (see {self.path.with_suffix('.yaml')})"
+            )
+        self.model.load_state_dict(record["model"])
+        self.optimizer.load_state_dict(record["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(record["ema"])
+        self.history = list(record["history"])
+        self.start_epoch = int(record["epoch"]) + 1
+        return bool(record["complete"])
+
+    def _save(self, epoch: int, complete: bool) -> None:
+        if not self.ctx.is_main:
+            return
+        payload = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": epoch,
+            "history": self.history,
+            "complete": complete,
+            **self.extra,
+        }
+        save_checkpoint(self.path, self.kind, payload, self.config)
+
+    @torch.no_grad()
+    def validate(self, val: Batch) -> float:
+        """Mean loss over ``val`` (EMA weights when kept), with a fixed generator."""
+        model = self.ema.shadow if self.ema is not None else self.model
+        model.eval()
+        gen = epoch_generator(self.seed, -1, 0, self.ctx.device)
+        total, count = 0.0, 0
+        for batch in iterate_batches(val, self.cfg.batch_size, torch.arange(next(iter(val.values())).shape[0])):
+            n = next(iter(batch.values())).shape[0]
+            total += float(self.loss_fn(model, _to(batch, self.ctx.device), gen)["loss"]) * n
+            count += n
+        return total / max(count, 1)
+
+    def fit(self, train: Batch, val: Batch | None) -> list[dict[str, float]]:
+        """Run the remaining epochs; returns the per-epoch history (train and val losses)."""
+        cfg = self.cfg
+        n_train = next(iter(train.values())).shape[0]
+        steps = self._steps_per_epoch(n_train)
+        schedule = cosine_with_warmup(cfg.epochs * steps, cfg.warmup_fraction)
+        bar = tqdm(range(self.start_epoch, cfg.epochs), desc=self.kind, disable=not self.progress,
+                   initial=self.start_epoch, total=cfg.epochs)
+        for epoch in bar:
+            self.train_model.train()
+            gen = epoch_generator(self.seed, epoch, 0, torch.device("cpu"))
+            order = torch.randperm(n_train, generator=gen)[self.ctx.rank :: self.ctx.world_size]
+            noise_gen = epoch_generator(self.seed, epoch, self.ctx.rank + 1, self.ctx.device)
+            sums: dict[str, float] = {}
+            for i, batch in enumerate(iterate_batches(train, cfg.batch_size, order)):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.lr * schedule(epoch * steps + i)
+                losses = self.loss_fn(self.train_model, _to(batch, self.ctx.device), noise_gen)
+                self.optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+            record = {"epoch": epoch, **{f"train_{k}": v / steps for k, v in sums.items()}}
+            last = epoch == cfg.epochs - 1
+            if val is not None and ((epoch + 1) % cfg.val_every == 0 or last):
+                record["val_loss"] = self.validate(val)
+            self.history.append(record)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k in ("train_loss", "val_loss")})
+            if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+                self._save(epoch, complete=last)
+        return self.history

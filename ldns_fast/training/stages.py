@@ -1,0 +1,133 @@
+"""The two LDNS training stages: the autoencoder on spikes, then the denoiser on normalised latents."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ldns_fast.config import RunConfig, to_dict
+from ldns_fast.data import LorenzConfig, SpikeData, load_lorenz, read_dataset, to_tensors
+from ldns_fast.diffusion import DiffusionSchedule
+from ldns_fast.models import Autoencoder, Denoiser, autoencoder_loss
+
+from .loop import Batch, DistributedContext, StageTrainer
+
+AUTOENCODER_FILE = "autoencoder.pt"
+DIFFUSION_FILE = "diffusion.pt"
+
+
+def load_data(run: RunConfig) -> SpikeData:
+    """The run's dataset: the cached Lorenz preset or a user HDF5 file (validated on read)."""
+    source = run.data.source
+    if source == "lorenz":
+        source = load_lorenz(LorenzConfig.preset(run.data.lorenz_preset, **run.data.lorenz))
+    return read_dataset(source)
+
+
+def spike_batches(data: SpikeData, split: str) -> Batch | None:
+    """``{"spikes": [n, N, T], "mask": [n, T]}`` of one split (None when the split is empty)."""
+    part = data.split(split)
+    if part.n_trials == 0:
+        return None
+    tensors = to_tensors(part)
+    return {"spikes": tensors.spikes, "mask": tensors.mask}
+
+
+def autoencoder_stage_config(run: RunConfig) -> dict:
+    """The settings an autoencoder checkpoint depends on (resume refuses any other)."""
+    return {k: v for k, v in to_dict(run).items() if k in ("data", "autoencoder", "autoencoder_training", "seed")}
+
+
+def train_autoencoder(
+    run: RunConfig, data: SpikeData, out_dir: Path, ctx: DistributedContext,
+    resume: bool = False, compile: bool = False, progress: bool = True,
+) -> tuple[Autoencoder, list[dict[str, float]]]:
+    """Train (or resume, or reload when finished) the autoencoder; returns it and its history."""
+    model = Autoencoder(run.autoencoder)
+    cfg = run.autoencoder
+    trainer = StageTrainer(
+        "autoencoder", model,
+        lambda m, b, g: autoencoder_loss(m, cfg, b["spikes"], b["mask"], g),
+        run.autoencoder_training, out_dir / AUTOENCODER_FILE, autoencoder_stage_config(run), run.seed, ctx,
+        compile=compile, progress=progress,
+    )
+    if resume and trainer.path.exists() and trainer.resume():
+        return trainer.model, trainer.history
+    train = spike_batches(data, "train")
+    if train is None:
+        raise ValueError("the dataset has no training trials (split code 0)")
+    history = trainer.fit(train, spike_batches(data, "val"))
+    return trainer.model, history
+
+
+@torch.no_grad()
+def encode_all(model: Autoencoder, batch: Batch, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Latents ``[n, C_latent, T]`` of every trial in ``batch`` (eval mode, zero on padding)."""
+    model.eval()
+    out = []
+    for start in range(0, batch["spikes"].shape[0], batch_size):
+        spikes = batch["spikes"][start : start + batch_size].to(device)
+        mask = batch["mask"][start : start + batch_size].to(device)
+        out.append(model.encode(spikes, mask).cpu())
+    return torch.cat(out)
+
+
+def latent_statistics(latents: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``[C]`` of ``latents [n, C, T]`` over valid bins of ``mask [n, T]``."""
+    weight = mask[:, None, :].to(latents.dtype)
+    count = weight.sum((0, 2)).clamp_min(1)
+    mean = (latents * weight).sum((0, 2)) / count
+    var = ((latents - mean[None, :, None]).square() * weight).sum((0, 2)) / count
+    return mean, var.sqrt().clamp_min(1e-6)
+
+
+def normalise(latents: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """z-score ``latents [n, C, T]`` per channel; padding stays zero."""
+    return (latents - mean[None, :, None]) / std[None, :, None] * mask[:, None, :]
+
+
+def diffusion_loss(
+    model: torch.nn.Module, schedule: DiffusionSchedule, loss: str, beta: float, batch: Batch, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Denoising loss on valid bins: random timesteps and noise from ``gen``, MSE or SmoothL1."""
+    x0, mask = batch["latents"], batch["mask"]
+    t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=gen, device=gen.device)
+    noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
+    t = t.to(x0.device)
+    prediction = model(schedule.add_noise(x0, noise, t), t, mask)
+    target = schedule.target(x0, noise, t)
+    if loss == "mse":
+        per_entry = (prediction - target).square()
+    else:
+        per_entry = F.smooth_l1_loss(prediction, target, beta=beta, reduction="none")
+    weight = mask[:, None, :].expand_as(per_entry)
+    return {"loss": (per_entry * weight).sum() / weight.sum().clamp_min(1)}
+
+
+def train_diffusion(
+    run: RunConfig, autoencoder: Autoencoder, data: SpikeData, out_dir: Path, ctx: DistributedContext,
+    resume: bool = False, compile: bool = False, progress: bool = True,
+) -> tuple[Denoiser, list[dict[str, float]]]:
+    """Encode the data, normalise the latents, train the denoiser; returns the EMA denoiser."""
+    batches = {name: spike_batches(data, name) for name in ("train", "val")}
+    latents = {
+        name: None if b is None else {"latents": encode_all(autoencoder, b, 256, ctx.device), "mask": b["mask"]}
+        for name, b in batches.items()
+    }
+    mean, std = latent_statistics(latents["train"]["latents"], latents["train"]["mask"])
+    for part in latents.values():
+        if part is not None:
+            part["latents"] = normalise(part["latents"], part["mask"], mean, std)
+    schedule = DiffusionSchedule(run.schedule)
+    cfg = run.diffusion_training
+    trainer = StageTrainer(
+        "diffusion", Denoiser(run.denoiser),
+        lambda m, b, g: diffusion_loss(m, schedule, cfg.loss, cfg.smooth_l1_beta, b, g),
+        cfg, out_dir / DIFFUSION_FILE, to_dict(run), run.seed, ctx,
+        ema=(cfg.ema_max_decay, cfg.ema_power), compile=compile, progress=progress,
+        extra={"latent_mean": mean, "latent_std": std, "bin_width": float(data.bin_width), "n_bins": int(data.n_bins)},
+    )
+    if not (resume and trainer.path.exists() and trainer.resume()):
+        trainer.fit(latents["train"], latents["val"])
+    return trainer.ema.shadow, trainer.history

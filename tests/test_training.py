@@ -1,0 +1,227 @@
+"""Training pipeline: configs, checkpoints, exact resume, the CLIs end to end, compiled vs eager."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ldns_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ldns_fast.config import RunConfig, from_dict, load_config, merge, preset, to_dict
+from ldns_fast.data import read_dataset
+from ldns_fast.models import Autoencoder, AutoencoderConfig, autoencoder_loss
+from ldns_fast.pipeline import LDNS
+from ldns_fast.sample import main as sample_main
+from ldns_fast.train import main as train_main
+from ldns_fast.training.loop import DistributedContext, StageTrainer
+
+TINY_FLAGS = [
+    "--set", "data.lorenz.n_trials=60", "--set", "data.lorenz.n_bins=24", "--set", "data.lorenz.n_neurons=12",
+    "--set", "autoencoder.hidden=16", "--set", "autoencoder.d_state=8", "--set", "autoencoder.latent=4",
+    "--set", "denoiser.hidden=16", "--set", "denoiser.d_state=8",
+    "--set", "autoencoder_training.batch_size=16", "--set", "diffusion_training.batch_size=16",
+    "--ae-epochs", "2", "--diffusion-epochs", "2", "--no-progress",
+]
+
+
+@pytest.fixture(autouse=True)
+def lorenz_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LDNS_FAST_CACHE", str(tmp_path_factory.getbasetemp() / "lorenz-cache"))
+
+
+# ---------------------------------------------------------------- configs
+
+
+def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
+    config = merge(preset("paper"), {"autoencoder": {"hidden": 64}, "seed": 3})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    assert load_config(path) == config
+    assert from_dict(RunConfig, to_dict(config)) == config
+
+
+def test_partial_yaml_applies_on_the_preset_and_unknown_keys_fail(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: paper\ndenoiser:\n  n_blocks: 2\n")
+    config = load_config(path)
+    assert config.denoiser.n_blocks == 2 and config.autoencoder == preset("paper").autoencoder
+    path.write_text("autoencoder:\n  hiden: 3\n")
+    with pytest.raises(ValueError, match=r"config.autoencoder has unknown keys \['hiden'\]"):
+        load_config(path)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("gpu-huge")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_and_config_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    weights = {"w": torch.randn(3, 4)}
+    save_checkpoint(path, "autoencoder", {"model": weights, "epoch": 4}, {"a": 1})
+    record = load_checkpoint(path, "autoencoder", ("model",))
+    assert torch.equal(record["model"]["w"], weights["w"]) and record["epoch"] == 4
+    assert yaml.safe_load(path.with_suffix(".yaml").read_text()) == {"a": 1}
+    assert record["versions"]["torch"] == str(torch.__version__)
+
+
+def test_corrupt_partial_or_foreign_checkpoints_raise_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, "autoencoder", {"model": {"w": torch.randn(100, 100)}}, {})
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"truncated\.pt is truncated, corrupt"):
+        load_checkpoint(truncated, "autoencoder")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt", "autoencoder")
+    with pytest.raises(CheckpointError, match="holds a 'autoencoder', expected a 'diffusion'"):
+        load_checkpoint(path, "diffusion")
+    with pytest.raises(CheckpointError, match=r"lacks the keys \['ema'\]"):
+        load_checkpoint(path, "autoencoder", ("ema",))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="no format/kind header"):
+        load_checkpoint(foreign, "autoencoder")
+
+
+def test_checkpoints_refuse_pickled_objects(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "kind": "autoencoder", "config": {}, "payload": Path("x")}, path)
+    with pytest.raises(CheckpointError, match="truncated, corrupt or not an ldns_fast checkpoint"):
+        load_checkpoint(path, "autoencoder")
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, "autoencoder", {"model": {"w": torch.ones(2)}}, {})
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, "autoencoder", {"model": {"w": torch.zeros(2)}}, {})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.yaml"]
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+def tiny_trainer(path: Path, epochs: int, config: AutoencoderConfig) -> StageTrainer:
+    from ldns_fast.config import StageConfig
+
+    torch.manual_seed(0)
+    model = Autoencoder(config)
+    return StageTrainer(
+        "autoencoder", model, lambda m, b, g: autoencoder_loss(m, config, b["spikes"], b["mask"], g),
+        StageConfig(epochs=epochs, batch_size=8), path, {"epochs": epochs}, seed=5,
+        context=DistributedContext(), ema=(0.99, 2 / 3), progress=False,
+    )
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    config = AutoencoderConfig(n_neurons=6, hidden=8, latent=4, n_blocks=1, d_state=4, ssm_mode="diag", backend="torch")
+    g = torch.Generator().manual_seed(1)
+    train = {"spikes": torch.poisson(torch.rand(20, 6, 16, generator=g), generator=g), "mask": torch.ones(20, 16)}
+
+    straight = tiny_trainer(tmp_path / "a.pt", 3, config)
+    straight.fit(train, None)
+
+    class Killed(Exception):
+        pass
+
+    interrupted = tiny_trainer(tmp_path / "b.pt", 3, config)
+
+    def save_then_die_after_epoch_1(epoch: int, complete: bool) -> None:
+        StageTrainer._save(interrupted, epoch, complete)
+        if epoch == 1:
+            raise Killed
+
+    interrupted._save = save_then_die_after_epoch_1
+    with pytest.raises(Killed):
+        interrupted.fit(train, None)
+
+    resumed = tiny_trainer(tmp_path / "b.pt", 3, config)
+    assert resumed.resume() is False and resumed.start_epoch == 2
+    resumed.fit(train, None)
+
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.ema.shadow.parameters(), resumed.ema.shadow.parameters()):
+        assert torch.equal(a, b)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
+    config = AutoencoderConfig(n_neurons=6, hidden=8, latent=4, n_blocks=1, d_state=4, ssm_mode="diag")
+    trainer = tiny_trainer(tmp_path / "a.pt", 1, config)
+    trainer.fit({"spikes": torch.zeros(4, 6, 8), "mask": torch.ones(4, 8)}, None)
+    other = tiny_trainer(tmp_path / "a.pt", 2, config)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        other.resume()
+
+
+# ---------------------------------------------------------------- CLIs end to end
+
+
+def test_train_then_sample_cli_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train_main(["--out", str(out), *TINY_FLAGS]) == 0
+    for name in ("autoencoder.pt", "autoencoder.yaml", "diffusion.pt", "diffusion.yaml", "config.yaml"):
+        assert (out / name).is_file(), name
+    with pytest.raises(SystemExit, match="already holds autoencoder.pt, diffusion.pt"):
+        train_main(["--out", str(out), *TINY_FLAGS])
+    assert train_main(["--out", str(out), "--resume", *TINY_FLAGS]) == 0  # finished: reloads, no error
+
+    assert sample_main([str(out), "--lengths", "7", "24", "30", "--steps", "4", "--no-progress",
+                        "--out", str(tmp_path / "s.h5")]) == 0
+    samples = read_dataset(tmp_path / "s.h5")
+    assert samples.spikes.shape == (3, 30, 12) and samples.latents.shape == (3, 30, 4)
+    assert samples.lengths.tolist() == [7, 24, 30]
+    assert not samples.spikes[0, 7:].any() and not samples.rates[1, 24:].any()
+    assert np.all(samples.rates[2] > 0)
+
+    model = LDNS.load(out)
+    a = model.sample(4, length=10, steps=3, seed=11)
+    b = model.sample(4, length=10, steps=3, seed=11)
+    c = model.sample(4, length=10, steps=3, seed=12)
+    assert torch.equal(a.spikes, b.spikes) and torch.equal(a.latents, b.latents)
+    assert not torch.equal(a.latents, c.latents)
+
+
+def test_sample_cli_reports_a_missing_run(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="diffusion.pt does not exist"):
+        sample_main([str(tmp_path), "--n", "2"])
+
+
+def test_bad_override_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown keys"):
+        train_main(["--out", str(tmp_path), "--set", "autoencoder.nope=1"])
+    with pytest.raises(SystemExit, match="section.key=value"):
+        train_main(["--out", str(tmp_path), "--set", "autoencoder.hidden"])
+
+
+# ---------------------------------------------------------------- compiled training path
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager() -> None:
+    config = AutoencoderConfig(n_neurons=6, hidden=8, latent=4, n_blocks=1, d_state=4, ssm_mode="diag", backend="torch")
+    torch.manual_seed(0)
+    model = Autoencoder(config)
+    spikes = torch.poisson(torch.rand(4, 6, 16))
+    mask = torch.ones(4, 16)
+    eager = autoencoder_loss(model, config, spikes, mask, torch.Generator().manual_seed(3))
+    compiled_model = torch.compile(model)
+    compiled = autoencoder_loss(compiled_model, config, spikes, mask, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(compiled["loss"], eager["loss"], rtol=1e-5, atol=1e-6)
+    g_eager = torch.autograd.grad(eager["loss"], list(model.parameters()))
+    g_compiled = torch.autograd.grad(compiled["loss"], list(model.parameters()))
+    for a, b in zip(g_eager, g_compiled):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
