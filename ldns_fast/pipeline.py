@@ -4,11 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ldns_fast.checkpoint import CheckpointError, load_checkpoint
 from ldns_fast.config import RunConfig, from_dict
-from ldns_fast.data import valid_mask
+from ldns_fast.data import SpikeData, valid_mask
 from ldns_fast.diffusion import DiffusionSchedule, make_sampler, sample as run_sampler
 from ldns_fast.models import Autoencoder, Denoiser
 from ldns_fast.training.stages import AUTOENCODER_FILE, DIFFUSION_FILE
@@ -22,6 +23,18 @@ class Samples:
     rates: torch.Tensor
     spikes: torch.Tensor
     lengths: torch.Tensor
+
+    def to_spike_data(self, bin_width: float, description: str = "") -> SpikeData:
+        """These trials in the dataset file layout (``[n, T, channels]``) as in-memory :class:`SpikeData`."""
+
+        def layout(x: torch.Tensor) -> np.ndarray:
+            return x.transpose(1, 2).contiguous().numpy()
+
+        return SpikeData(
+            spikes=layout(self.spikes).astype(np.uint16), bin_width=bin_width, lengths=self.lengths.numpy(),
+            split_codes=np.zeros(len(self.lengths), dtype=np.uint8), rates=layout(self.rates),
+            latents=layout(self.latents), description=description,
+        )
 
 
 class LDNS:

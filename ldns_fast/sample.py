@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ldns_fast.checkpoint import CheckpointError
@@ -42,15 +41,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def write_samples(path: Path, samples: Samples, bin_width: float, description: str) -> Path:
-    """Write generated trials in the dataset file layout (time before channels)."""
-    def layout(x: torch.Tensor) -> np.ndarray:
-        return x.transpose(1, 2).contiguous().numpy()
-
-    return write_dataset(
-        path, layout(samples.spikes).astype(np.uint16), bin_width=bin_width, lengths=samples.lengths.numpy(),
-        rates=layout(samples.rates), latents=layout(samples.latents),
-        split=np.zeros(len(samples.lengths), dtype=np.uint8), description=description,
-    )
+    """Write generated trials as a dataset file (time before channels)."""
+    data = samples.to_spike_data(bin_width, description)
+    return write_dataset(path, data.spikes, bin_width=bin_width, lengths=data.lengths, rates=data.rates,
+                         latents=data.latents, split=data.split_codes, description=description)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,218 @@
+"""Evaluate generated spiking data against real data: the paper's metrics, bootstrapped, plus figures.
+
+    python -m ldns_fast.evaluate --real REAL.h5 --generated GEN.h5 [--split test] [--out DIR]
+        [--bootstrap 5] [--seed 0] [--no-plots]
+    python -m ldns_fast.evaluate --checkpoint RUN [--real REAL.h5] [--sampler ddim --steps 20] [--out DIR]
+
+Both files use the format of ``docs/data_format.md``. The real file's ``--split`` (or ``all``) is
+compared with every trial of the generated file. With ``--checkpoint`` the generated trials are sampled
+from a trained run (as many as the real split holds, with the same lengths), and the real data default
+to the run's own dataset. The table (metric: bootstrap mean +- std) is printed;
+with ``--out``, ``metrics.json`` and the PNG figures are written there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ldns_fast.atomic import atomic_write
+from ldns_fast.data import SpikeData, read_dataset
+from ldns_fast.metrics import METRIC_LABELS, compare
+from ldns_fast.plots import plot_all
+
+SPLIT_CHOICES = ("train", "val", "test", "all")
+
+
+def check_compatible(real: SpikeData, generated: SpikeData) -> None:
+    """Raise ValueError unless both sets have the same number of neurons and bin width."""
+    if real.n_neurons != generated.n_neurons:
+        raise ValueError(f"neuron counts differ: real data has {real.n_neurons}, generated data "
+                         f"{generated.n_neurons}")
+    if not math.isclose(real.bin_width, generated.bin_width, rel_tol=1e-9):
+        raise ValueError(f"bin widths differ: real data {real.bin_width} s, generated data "
+                         f"{generated.bin_width} s")
+
+
+def _describe(data: SpikeData) -> dict[str, object]:
+    return {"path": data.path, "n_trials": data.n_trials, "n_bins": data.n_bins, "n_neurons": data.n_neurons}
+
+
+def _json_safe(value: object) -> object:
+    """Nested dicts and lists with NaN and inf floats replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {key: _json_safe(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(result: dict[str, object], path: str | os.PathLike) -> Path:
+    """Write ``result`` as indented strict JSON (NaN as null), atomically."""
+    text = json.dumps(_json_safe(result), indent=2, allow_nan=False)
+
+    def write(temporary: str) -> None:
+        Path(temporary).write_text(text + "\n")
+
+    return atomic_write(path, write)
+
+
+def evaluate_data(
+    real: SpikeData,
+    generated: SpikeData,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    n_bootstrap: int = 5,
+    seed: int = 0,
+    plots: bool = True,
+    split: str | None = None,
+) -> dict[str, object]:
+    """Compare two in-memory sets; with ``out_dir``, write ``metrics.json`` and (if ``plots``) PNGs.
+
+    Returns ``{"real": {path, split, n_trials, n_bins, n_neurons}, "generated": {...}, "bin_width",
+    "n_bootstrap", "seed", "metrics": compare(...), "plots": [paths]}`` (``split`` only records where
+    the real trials came from).
+
+    Raises:
+        ValueError: different neuron counts or bin widths.
+    """
+    check_compatible(real, generated)
+    metrics = compare(real.spikes, generated.spikes, real.bin_width, n_bootstrap, seed,
+                      real_lengths=real.lengths, generated_lengths=generated.lengths)
+    result: dict[str, object] = {
+        "real": {**_describe(real), "split": split}, "generated": _describe(generated),
+        "bin_width": real.bin_width, "n_bootstrap": n_bootstrap, "seed": seed, "metrics": metrics,
+        "plots": [],
+    }
+    if out_dir is not None:
+        if plots:
+            paths = plot_all(real.spikes, generated.spikes, out_dir, bin_width=real.bin_width,
+                             real_lengths=real.lengths, generated_lengths=generated.lengths,
+                             real_latents=real.latents, generated_latents=generated.latents, seed=seed)
+            result["plots"] = [str(p) for p in paths]
+        write_json(result, Path(out_dir) / "metrics.json")
+    return result
+
+
+def evaluate_files(
+    real_path: str | os.PathLike,
+    generated_path: str | os.PathLike,
+    *,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    n_bootstrap: int = 5,
+    seed: int = 0,
+    plots: bool = True,
+) -> dict[str, object]:
+    """Read both files, take the real file's ``split`` (``"all"``: every trial), run :func:`evaluate_data`.
+
+    Raises:
+        DataFormatError: an invalid file.
+        ValueError: unknown or empty split, different neuron counts or bin widths.
+    """
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
+    real = read_dataset(real_path)
+    if split != "all":
+        real = real.split(split)
+    if real.n_trials == 0:
+        raise ValueError(f"{real_path}: the {split!r} split holds no trials")
+    return evaluate_data(real, read_dataset(generated_path), out_dir=out_dir, n_bootstrap=n_bootstrap,
+                         seed=seed, plots=plots, split=split)
+
+
+def sample_from_run(
+    run_dir: str | os.PathLike, lengths: np.ndarray, *, sampler: str = "ddim", steps: int = 20, seed: int = 0,
+    device: str = "cpu", progress: bool = False,
+) -> SpikeData:
+    """Generate one trial per entry of ``lengths`` from a trained run, as an in-memory :class:`SpikeData`."""
+    from ldns_fast.pipeline import LDNS
+
+    model = LDNS.load(run_dir, device)
+    out = model.sample(len(lengths), lengths=torch.as_tensor(lengths), sampler=sampler, steps=steps, seed=seed,
+                       progress=progress)
+    return out.to_spike_data(model.bin_width, f"sampled from {run_dir} ({sampler}-{steps}, seed {seed})")
+
+
+def format_table(metrics: dict[str, dict[str, object]]) -> str:
+    """One line per metric: ``label  mean ± std`` (4 significant digits)."""
+    width = max(len(label) for label in METRIC_LABELS.values())
+    lines = [f"{'metric':<{width}}  mean ± std"]
+    for name, label in METRIC_LABELS.items():
+        entry = metrics[name]
+        lines.append(f"{label:<{width}}  {entry['mean']:.4g} ± {entry['std']:.2g}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ldns_fast.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--real", help="HDF5 file of real data (default with --checkpoint: the run's dataset)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--generated", help="HDF5 file of generated data (all trials used)")
+    source.add_argument("--checkpoint", help="trained run folder to sample the generated trials from")
+    parser.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"], help="with --checkpoint")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps with --checkpoint")
+    parser.add_argument("--device", default="cpu", help="device for sampling with --checkpoint")
+    parser.add_argument("--split", default="test", choices=SPLIT_CHOICES, help="split of the real file")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and figures (none: print only)")
+    parser.add_argument("--bootstrap", type=int, default=5, help="bootstrap resamples (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples and figures")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    return parser
+
+
+def _evaluate_checkpoint(args: argparse.Namespace) -> dict[str, object]:
+    """Sample as many trials as the real split holds (same lengths) from ``--checkpoint`` and compare."""
+    if args.real is not None:
+        real = read_dataset(args.real)
+    else:
+        from ldns_fast.pipeline import LDNS
+        from ldns_fast.training.stages import load_data
+
+        real = load_data(LDNS.load(args.checkpoint).config)
+    if args.split != "all":
+        real = real.split(args.split)
+    if real.n_trials == 0:
+        raise ValueError(f"the real data's {args.split!r} split holds no trials")
+    generated = sample_from_run(args.checkpoint, real.lengths, sampler=args.sampler, steps=args.steps,
+                                seed=args.seed, device=args.device)
+    return evaluate_data(real, generated, out_dir=args.out, n_bootstrap=args.bootstrap, seed=args.seed,
+                         plots=not args.no_plots, split=args.split)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (argument or data errors exit with 2)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error("--bootstrap must be >= 0")
+    try:
+        if args.checkpoint is None:
+            if args.real is None:
+                parser.error("--real is required with --generated")
+            result = evaluate_files(args.real, args.generated, split=args.split, out_dir=args.out,
+                                    n_bootstrap=args.bootstrap, seed=args.seed, plots=not args.no_plots)
+        else:
+            result = _evaluate_checkpoint(args)
+    except ValueError as err:  # DataFormatError and CheckpointError are ValueErrors
+        parser.error(str(err))
+    real, generated = result["real"], result["generated"]
+    print(f"real: {real['path']} ({args.split}, {real['n_trials']} trials); "
+          f"generated: {generated['path']} ({generated['n_trials']} trials); {real['n_neurons']} neurons, "
+          f"bin width {result['bin_width']} s, {args.bootstrap} bootstrap resamples")
+    print(format_table(result["metrics"]))
+    if args.out is not None:
+        print(f"wrote {Path(args.out) / 'metrics.json'} and {len(result['plots'])} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
