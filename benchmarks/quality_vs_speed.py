@@ -1,4 +1,5 @@
-"""Quality-vs-speed study: DDPM-1000 against DDIM and DPM-Solver++ at 10/20/50 steps on a trained run.
+"""Quality-vs-speed study: DDPM-1000 against ancestral DDPM (DDIM eta=1), DDIM (eta=0) and DPM-Solver++ at
+10/20/50 steps on a trained run.
 
     python benchmarks/quality_vs_speed.py runs/lorenz --out benchmarks/results/quality_vs_speed_lorenz_cpu
 
@@ -21,7 +22,8 @@ from ldns_fast.metrics import METRIC_LABELS, compare
 from ldns_fast.pipeline import LDNS
 from ldns_fast.training.stages import load_data
 
-CONFIGS = [("ddpm", 1000), ("ddim", 10), ("ddim", 20), ("ddim", 50), ("dpm++", 10), ("dpm++", 20), ("dpm++", 50)]
+CONFIGS = [("ddpm", 1000), ("ddpm", 10), ("ddpm", 20), ("ddpm", 50), ("ddim", 10), ("ddim", 20), ("ddim", 50),
+           ("dpm++", 10), ("dpm++", 20), ("dpm++", 50)]
 COLUMNS = ["kl_population_count", "rmse_correlation", "rmse_mean_isi", "rmse_std_isi", "pearson_mean_isi",
            "pearson_std_isi", "pearson_correlation", "pearson_population_density"]
 

@@ -81,10 +81,10 @@ def preset(name: str) -> RunConfig:
     if name == "cpu":
         return RunConfig(
             data=DataConfig(lorenz_preset="small"),
-            autoencoder=AutoencoderConfig(hidden=128, n_blocks=2, ssm_mode="diag"),
-            autoencoder_training=StageConfig(epochs=30, batch_size=64, grad_clip=2.0),
+            autoencoder=AutoencoderConfig(hidden=128, n_blocks=4, ssm_mode="diag"),
+            autoencoder_training=StageConfig(epochs=60, batch_size=64, grad_clip=2.0),
             denoiser=DenoiserConfig(hidden=64, n_blocks=4, ssm_mode="diag"),
-            diffusion_training=DiffusionStageConfig(epochs=200, batch_size=64),
+            diffusion_training=DiffusionStageConfig(epochs=300, batch_size=64),
         )
     if name == "paper":
         return RunConfig(
