@@ -3,8 +3,9 @@
 ``vandermonde_kernel`` (S4D) and ``cauchy_kernel`` (DPLR S4) run on one of three backends:
 ``"torch"`` (exact, float64-capable, bounded memory), ``"keops"`` (pykeops lazy reductions) and
 ``"triton"`` (custom forward/backward kernels; compiled on CUDA, interpreted on CPU tensors).
-``"auto"`` picks Triton on CUDA and the torch path on CPU, where it measured fastest
-(``benchmarks/bench_kernels.py``).
+``"auto"`` picks Triton on CUDA and the torch path on CPU. On CPU, keops is faster for long Cauchy sums
+(``benchmarks/results/cpu-2core.md``) but compiles its formulas once per host and runs its own OpenMP
+pool beside torch's, so it is chosen explicitly (``backend="keops"``) rather than by ``"auto"``.
 """
 from __future__ import annotations
 
