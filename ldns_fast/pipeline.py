@@ -104,7 +104,10 @@ class LDNS:
         if lengths.shape != (n,) or int(lengths.min()) < 1:
             raise ValueError(f"lengths must hold n={n} positive integers, got {lengths.tolist()[:10]}")
         gen = torch.Generator(self.device)
-        gen.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:
+            gen.seed()  # non-deterministic, without touching torch's global generator
+        else:
+            gen.manual_seed(seed)
         schedule_sampler = make_sampler(sampler, self.schedule, **sampler_kwargs)
         parts = []
         for start in range(0, n, batch_size):

@@ -107,14 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = merge(config, {"autoencoder": {"n_neurons": data.n_neurons},
                             "denoiser": {"latent": config.autoencoder.latent}})
     progress = not args.no_progress
-    common = dict(resume=args.resume or args.stage == "diffusion", compile=args.compile, progress=progress)
     started = time.perf_counter()
     if args.stage == "diffusion" and not (out / AUTOENCODER_FILE).exists():
         raise SystemExit(f"error: --stage diffusion needs a trained {out / AUTOENCODER_FILE}")
-    autoencoder, ae_history = train_autoencoder(config, data, out, ctx, **common)
+    # --stage diffusion builds on the autoencoder already in --out (reloaded, or finished if interrupted).
+    autoencoder, ae_history = train_autoencoder(config, data, out, ctx, resume=args.resume or args.stage == "diffusion",
+                                                compile=args.compile, progress=progress)
     report = {"autoencoder": ae_history[-1] if ae_history else {}}
     if args.stage != "autoencoder":
-        _, diffusion_history = train_diffusion(config, autoencoder, data, out, ctx, **{**common, "resume": args.resume})
+        _, diffusion_history = train_diffusion(config, autoencoder, data, out, ctx, resume=args.resume,
+                                               compile=args.compile, progress=progress)
         report["diffusion"] = diffusion_history[-1] if diffusion_history else {}
     if ctx.is_main:
         save_yaml(out / "config.yaml", to_dict(config))

@@ -201,6 +201,9 @@ def test_train_then_sample_cli_end_to_end(tmp_path: Path) -> None:
     c = model.sample(4, length=10, steps=3, seed=12)
     assert torch.equal(a.spikes, b.spikes) and torch.equal(a.latents, b.latents)
     assert not torch.equal(a.latents, c.latents)
+    global_state = torch.get_rng_state()
+    model.sample(2, length=5, steps=2)  # unseeded: fresh randomness, global generator untouched
+    assert torch.equal(global_state, torch.get_rng_state())
 
 
 def test_sample_cli_reports_a_missing_run(tmp_path: Path) -> None:
