@@ -132,7 +132,8 @@ def merge(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     def deep_update(base: dict, upd: dict) -> dict:
         out = dict(base)
         for key, value in upd.items():
-            out[key] = deep_update(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+            nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = deep_update(base[key], value) if nested else value
         return out
 
     return from_dict(RunConfig, deep_update(to_dict(config), overrides))

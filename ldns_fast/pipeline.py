@@ -80,7 +80,15 @@ class LDNS:
             raise ValueError(
                 f"spikes must have shape [B, N={self.config.autoencoder.n_neurons}, T], got {tuple(spikes.shape)}"
             )
-        return self.autoencoder.encode(spikes.to(self.device, torch.float32), mask)
+        spikes = spikes.to(self.device, torch.float32)
+        if not bool(torch.isfinite(spikes).all()):
+            raise ValueError("spikes contain NaN or infinite values")
+        if bool((spikes < 0).any()) or not torch.equal(spikes, spikes.round()):
+            raise ValueError("spikes must be non-negative integer counts")
+        expected = (spikes.shape[0], spikes.shape[2])
+        if mask is not None and tuple(mask.shape) != expected:
+            raise ValueError(f"mask must have shape [B, T] = {expected}, got {tuple(mask.shape)}")
+        return self.autoencoder.encode(spikes, None if mask is None else mask.to(self.device, torch.float32))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -98,6 +106,8 @@ class LDNS:
         ``sampler`` is ``"ddpm"``, ``"ddim"`` or ``"dpm++"`` with ``steps`` steps; ``seed`` makes the
         latents and the Poisson spikes reproducible.
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of trials, got {n!r}")
         if lengths is None:
             lengths = torch.full((n,), length or self.n_bins, dtype=torch.long)
         lengths = torch.as_tensor(lengths, dtype=torch.long)

@@ -201,6 +201,23 @@ def test_train_then_sample_cli_end_to_end(tmp_path: Path) -> None:
     c = model.sample(4, length=10, steps=3, seed=12)
     assert torch.equal(a.spikes, b.spikes) and torch.equal(a.latents, b.latents)
     assert not torch.equal(a.latents, c.latents)
+    with pytest.raises(ValueError, match="n must be a positive number"):
+        model.sample(0)
+    with pytest.raises(ValueError, match=r"lengths must hold n=2"):
+        model.sample(2, lengths=[5, 0])
+    counts = torch.poisson(torch.full((2, 12, 9), 0.5))
+    assert model.encode(counts).shape == (2, 4, 9)
+    with pytest.raises(ValueError, match=r"spikes must have shape \[B, N=12, T\]"):
+        model.encode(counts[:, :5])
+    with pytest.raises(ValueError, match="non-negative integer counts"):
+        model.encode(counts - 1)
+    with pytest.raises(ValueError, match="non-negative integer counts"):
+        model.encode(counts + 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        model.encode(counts * float("nan"))
+    with pytest.raises(ValueError, match=r"mask must have shape \[B, T\]"):
+        model.encode(counts, torch.ones(2, 8))
+
     global_state = torch.get_rng_state()
     model.sample(2, length=5, steps=2)  # unseeded: fresh randomness, global generator untouched
     assert torch.equal(global_state, torch.get_rng_state())

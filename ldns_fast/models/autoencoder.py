@@ -40,7 +40,9 @@ class AutoencoderConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"AutoencoderConfig.{name} must be a positive integer, got {value!r}")
         if self.hidden % self.latent:
-            raise ValueError(f"hidden ({self.hidden}) must be a multiple of latent ({self.latent}) for the grouped convs")
+            raise ValueError(
+                f"hidden ({self.hidden}) must be a multiple of latent ({self.latent}) for the grouped convs"
+            )
         if not 0.0 <= self.coordinated_dropout < 1.0:
             raise ValueError(f"coordinated_dropout must be in [0, 1), got {self.coordinated_dropout}")
 
