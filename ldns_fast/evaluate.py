@@ -131,14 +131,14 @@ def evaluate_files(
 
 def sample_from_run(
     run_dir: str | os.PathLike, lengths: np.ndarray, *, sampler: str = "ddim", steps: int = 20, seed: int = 0,
-    device: str = "cpu", progress: bool = False,
+    device: str = "cpu", progress: bool = False, spike_history: bool = False,
 ) -> SpikeData:
     """Generate one trial per entry of ``lengths`` from a trained run, as an in-memory :class:`SpikeData`."""
     from ldns_fast.pipeline import LDNS
 
     model = LDNS.load(run_dir, device)
     out = model.sample(len(lengths), lengths=torch.as_tensor(lengths), sampler=sampler, steps=steps, seed=seed,
-                       progress=progress)
+                       progress=progress, spike_history=spike_history)
     return out.to_spike_data(model.bin_width, f"sampled from {run_dir} ({sampler}-{steps}, seed {seed})")
 
 
@@ -161,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"], help="with --checkpoint")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps with --checkpoint")
     parser.add_argument("--device", default="cpu", help="device for sampling with --checkpoint")
+    parser.add_argument("--spike-history", action="store_true",
+                        help="with --checkpoint: draw spikes with the run's spike-history model")
     parser.add_argument("--split", default="test", choices=SPLIT_CHOICES, help="split of the real file")
     parser.add_argument("--out", default=None, help="folder for metrics.json and figures (none: print only)")
     parser.add_argument("--bootstrap", type=int, default=5, help="bootstrap resamples (default 5)")
@@ -183,7 +185,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict[str, object]:
     if real.n_trials == 0:
         raise ValueError(f"the real data's {args.split!r} split holds no trials")
     generated = sample_from_run(args.checkpoint, real.lengths, sampler=args.sampler, steps=args.steps,
-                                seed=args.seed, device=args.device)
+                                seed=args.seed, device=args.device, spike_history=args.spike_history)
     return evaluate_data(real, generated, out_dir=args.out, n_bootstrap=args.bootstrap, seed=args.seed,
                          plots=not args.no_plots, split=args.split)
 

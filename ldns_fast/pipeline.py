@@ -12,7 +12,8 @@ from ldns_fast.config import RunConfig, from_dict
 from ldns_fast.data import SpikeData, valid_mask
 from ldns_fast.diffusion import DiffusionSchedule, make_sampler, sample as run_sampler
 from ldns_fast.models import Autoencoder, Denoiser
-from ldns_fast.training.stages import AUTOENCODER_FILE, DIFFUSION_FILE
+from ldns_fast.spike_history import SpikeHistoryConfig, SpikeHistoryModel
+from ldns_fast.training.stages import AUTOENCODER_FILE, DIFFUSION_FILE, SPIKE_HISTORY_FILE
 
 
 @dataclass
@@ -43,8 +44,10 @@ class LDNS:
     def __init__(
         self, config: RunConfig, autoencoder: Autoencoder, denoiser: Denoiser,
         latent_mean: torch.Tensor, latent_std: torch.Tensor, bin_width: float, n_bins: int,
+        spike_history: SpikeHistoryModel | None = None,
     ) -> None:
         self.config = config
+        self.spike_history = spike_history
         self.autoencoder = autoencoder.eval()
         self.denoiser = denoiser.eval()
         self.schedule = DiffusionSchedule(config.schedule)
@@ -68,9 +71,15 @@ class LDNS:
         autoencoder.load_state_dict(ae["model"])
         denoiser = Denoiser(config.denoiser)
         denoiser.load_state_dict(diff["ema"]["shadow"])
+        history = None
+        if (run_dir / SPIKE_HISTORY_FILE).exists():
+            record = load_checkpoint(run_dir / SPIKE_HISTORY_FILE, "spike_history", ("model",), device)
+            cfg = from_dict(SpikeHistoryConfig, record["config"])
+            history = SpikeHistoryModel.from_config(config.autoencoder.n_neurons, cfg)
+            history.load_state_dict(record["model"])
         return cls(
             config, autoencoder.to(device), denoiser.to(device), diff["latent_mean"], diff["latent_std"],
-            float(diff["bin_width"]), int(diff["n_bins"]),
+            float(diff["bin_width"]), int(diff["n_bins"]), history.to(device) if history is not None else None,
         )
 
     @torch.no_grad()
@@ -99,13 +108,16 @@ class LDNS:
     def sample(
         self, n: int, length: int | None = None, lengths: list[int] | torch.Tensor | None = None,
         sampler: str = "ddim", steps: int = 20, seed: int | None = None, batch_size: int = 256,
-        progress: bool = False, **sampler_kwargs,
+        progress: bool = False, spike_history: bool = False, **sampler_kwargs,
     ) -> Samples:
         """Generate ``n`` trials of ``length`` bins (default: the training length) or per-trial ``lengths``.
 
         ``sampler`` is ``"ddpm"``, ``"ddim"`` or ``"dpm++"`` with ``steps`` steps; ``seed`` makes the
-        latents and the Poisson spikes reproducible.
+        latents and the spikes reproducible. Spikes are Poisson in the rates, or drawn autoregressively
+        by the fitted spike-history model with ``spike_history=True``.
         """
+        if spike_history and self.spike_history is None:
+            raise ValueError("this run has no spike-history model; train it with --spike-history")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive number of trials, got {n!r}")
         if lengths is None:
@@ -130,7 +142,10 @@ class LDNS:
             )
             latents = (z * self.latent_std[:, None] + self.latent_mean[:, None]) * mask[:, None]
             rates = self.decode(latents) * mask[:, None]
-            spikes = torch.poisson(rates, generator=gen)
+            if spike_history:
+                spikes = self.spike_history.sample(rates.clamp_min(1e-6), gen, mask)
+            else:
+                spikes = torch.poisson(rates, generator=gen)
             parts.append((latents.cpu(), rates.cpu(), spikes.cpu()))
         T_max = int(lengths.max())
         return Samples(*(torch.cat([_pad_time(p[i], T_max) for p in parts]) for i in range(3)), lengths)

@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", type=Path, help="output HDF5 (default RUN/samples.h5)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--spike-history", action="store_true",
+                   help="draw spikes with the run's fitted spike-history model instead of Poisson")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -56,8 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = {} if args.eta is None else {"eta": args.eta}
     n = len(args.lengths) if args.lengths else args.n
     started = time.perf_counter()
-    samples = model.sample(n, length=args.length, lengths=args.lengths, sampler=args.sampler, steps=args.steps,
-                           seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress, **kwargs)
+    try:
+        samples = model.sample(n, length=args.length, lengths=args.lengths, sampler=args.sampler, steps=args.steps,
+                               seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
+                               spike_history=args.spike_history, **kwargs)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
     seconds = time.perf_counter() - started
     out = args.out or args.run / "samples.h5"
     description = f"ldns_fast samples: {args.sampler}-{args.steps}, seed {args.seed}, from {args.run}"

@@ -25,7 +25,14 @@ import yaml
 from ldns_fast.checkpoint import save_yaml
 from ldns_fast.config import RunConfig, load_config, merge, preset, to_dict
 from ldns_fast.training.loop import distributed_context
-from ldns_fast.training.stages import AUTOENCODER_FILE, DIFFUSION_FILE, load_data, train_autoencoder, train_diffusion
+from ldns_fast.training.stages import (
+    AUTOENCODER_FILE,
+    DIFFUSION_FILE,
+    fit_spike_history,
+    load_data,
+    train_autoencoder,
+    train_diffusion,
+)
 
 
 def parse_overrides(items: Sequence[str]) -> dict:
@@ -74,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--diffusion-epochs", type=int, help="denoiser epochs (overrides the config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set autoencoder.hidden=64 (repeatable)")
+    p.add_argument("--spike-history", action="store_true",
+                   help="also fit the spike-history observation model on the autoencoder's rates")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -114,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     autoencoder, ae_history = train_autoencoder(config, data, out, ctx, resume=args.resume or args.stage == "diffusion",
                                                 compile=args.compile, progress=progress)
     report = {"autoencoder": ae_history[-1] if ae_history else {}}
+    if args.spike_history and ctx.is_main:
+        _, losses = fit_spike_history(autoencoder, data, out, ctx.device)
+        report["spike_history"] = {"nll": losses[-1]}
     if args.stage != "autoencoder":
         _, diffusion_history = train_diffusion(config, autoencoder, data, out, ctx, resume=args.resume,
                                                compile=args.compile, progress=progress)

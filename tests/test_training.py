@@ -181,6 +181,8 @@ def test_train_then_sample_cli_end_to_end(tmp_path: Path) -> None:
         train_main(["--out", str(out), *TINY_FLAGS])
     assert train_main(["--out", str(out), "--resume", *TINY_FLAGS]) == 0  # finished: reloads, no error
 
+    with pytest.raises(SystemExit, match="no spike-history model"):
+        sample_main([str(out), "--n", "2", "--steps", "2", "--spike-history", "--no-progress"])
     assert sample_main([str(out), "--lengths", "7", "24", "30", "--steps", "4", "--no-progress",
                         "--out", str(tmp_path / "s.h5")]) == 0
     samples = read_dataset(tmp_path / "s.h5")
@@ -269,3 +271,17 @@ def test_torchrun_ddp_on_cpu_trains_and_writes_loadable_checkpoints(tmp_path: Pa
     assert result.returncode == 0, result.stderr[-2000:]
     samples = LDNS.load(out).sample(2, length=8, steps=2, seed=0)
     assert samples.spikes.shape == (2, 12, 8)
+
+
+def test_spike_history_is_fitted_saved_and_used_for_sampling(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train_main(["--out", str(out), "--spike-history", *TINY_FLAGS]) == 0
+    model = LDNS.load(out)
+    assert model.spike_history is not None and (out / "spike_history.yaml").is_file()
+    a = model.sample(3, length=20, steps=2, seed=4, spike_history=True)
+    b = model.sample(3, length=20, steps=2, seed=4, spike_history=True)
+    assert torch.equal(a.spikes, b.spikes)
+    assert int(a.spikes.max()) <= model.spike_history.clip
+    assert sample_main([str(out), "--n", "2", "--steps", "2", "--spike-history", "--no-progress",
+                        "--out", str(tmp_path / "h.h5")]) == 0
+    assert read_dataset(tmp_path / "h.h5").spikes.shape == (2, 24, 12)

@@ -6,15 +6,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ldns_fast.checkpoint import save_checkpoint
 from ldns_fast.config import RunConfig, to_dict
 from ldns_fast.data import LorenzConfig, SpikeData, load_lorenz, read_dataset, to_tensors
 from ldns_fast.diffusion import DiffusionSchedule
 from ldns_fast.models import Autoencoder, Denoiser, autoencoder_loss
+from ldns_fast.spike_history import SpikeHistoryConfig, SpikeHistoryModel
 
 from .loop import Batch, DistributedContext, StageTrainer
 
 AUTOENCODER_FILE = "autoencoder.pt"
 DIFFUSION_FILE = "diffusion.pt"
+SPIKE_HISTORY_FILE = "spike_history.pt"
 
 
 def load_data(run: RunConfig) -> SpikeData:
@@ -131,3 +134,25 @@ def train_diffusion(
     if not (resume and trainer.path.exists() and trainer.resume()):
         trainer.fit(latents["train"], latents["val"])
     return trainer.ema.shadow, trainer.history
+
+
+def fit_spike_history(
+    autoencoder: Autoencoder, data: SpikeData, out_dir: Path, device: torch.device,
+    config: SpikeHistoryConfig | None = None,
+) -> tuple[SpikeHistoryModel, list[float]]:
+    """Fit the spike-history observation model on the training split's spikes and autoencoder rates.
+
+    Written to ``out_dir/spike_history.pt``; returns the model and its loss history.
+    """
+    config = config or SpikeHistoryConfig()
+    batch = spike_batches(data, "train")
+    if batch is None:
+        raise ValueError("the dataset has no training trials (split code 0)")
+    latents = encode_all(autoencoder, batch, 256, device)
+    with torch.no_grad():
+        rates = torch.cat([autoencoder.decode(z.to(device)).cpu() for z in latents.split(256)])
+    model = SpikeHistoryModel.from_config(data.n_neurons, config)
+    losses = model.fit(batch["spikes"], rates.clamp_min(1e-6), batch["mask"], config)
+    save_checkpoint(out_dir / SPIKE_HISTORY_FILE, "spike_history", {"model": model.state_dict(), "losses": losses},
+                    to_dict(config))
+    return model, losses
