@@ -455,3 +455,17 @@ def test_lorenz_file_feeds_the_dataset(tmp_path: Path) -> None:
     assert dataset[0]["spikes"].shape == (TINY.n_neurons, TINY.n_bins)
     assert dataset.tensors.mask.eq(1).all()
 
+
+
+def test_variable_length_lorenz_keeps_every_trial_with_zero_padding(tmp_path: Path) -> None:
+    config = LorenzConfig(n_trials=40, n_bins=32, n_neurons=6, min_bins=8)
+    sample = simulate_lorenz(config)
+    assert sample.lengths.min() >= 8 and sample.lengths.max() <= 32 and len(set(sample.lengths.tolist())) > 5
+    for i, length in enumerate(sample.lengths):
+        assert not sample.spikes[i, length:].any() and not sample.rates[i, length:].any()
+        assert sample.rates[i, :length].min() > 0
+    data = read_dataset(load_lorenz(config, cache_dir=tmp_path))
+    assert data.n_trials == 40 and data.lengths.tolist() == sample.lengths.tolist()
+    assert np.array_equal(simulate_lorenz(replace(config, min_bins=None)).spikes[:, :8], sample.spikes[:, :8])
+    with pytest.raises(ValueError, match="min_bins"):
+        LorenzConfig(n_bins=10, min_bins=11)

@@ -285,3 +285,16 @@ def test_spike_history_is_fitted_saved_and_used_for_sampling(tmp_path: Path) -> 
     assert sample_main([str(out), "--n", "2", "--steps", "2", "--spike-history", "--no-progress",
                         "--out", str(tmp_path / "h.h5")]) == 0
     assert read_dataset(tmp_path / "h.h5").spikes.shape == (2, 24, 12)
+
+
+def test_variable_length_training_and_sampling_from_quarter_to_four_times_the_median(tmp_path: Path) -> None:
+    out = tmp_path / "var"
+    assert train_main(["--out", str(out), *TINY_FLAGS, "--set", "data.lorenz.min_bins=6"]) == 0
+    model = LDNS.load(out)
+    median = 16
+    lengths = [median // 4, median // 2, median, 2 * median, 4 * median]
+    samples = model.sample(len(lengths), lengths=lengths, steps=3, seed=0, sampler="dpm++")
+    assert samples.latents.shape == (5, 4, 4 * median) and samples.lengths.tolist() == lengths
+    for i, length in enumerate(lengths):
+        assert not samples.spikes[i, :, length:].any() and not samples.latents[i, :, length:].any()
+        assert bool((samples.rates[i, :, :length] > 0).all())

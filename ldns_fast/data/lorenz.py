@@ -55,6 +55,7 @@ class LorenzConfig:
     init_spread: float = 8.0
     splits: tuple[float, float, float] = (0.7, 0.1, 0.2)
     bin_width: float = 0.01
+    min_bins: int | None = None  # variable lengths: each trial keeps U{min_bins..n_bins} bins
 
     def __post_init__(self) -> None:
         for name in ("n_trials", "n_bins", "n_neurons", "steps_per_bin"):
@@ -68,6 +69,13 @@ class LorenzConfig:
         for name in ("dt", "init_spread", "bin_width"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"LorenzConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if self.min_bins is not None and (
+            isinstance(self.min_bins, bool) or not isinstance(self.min_bins, int)
+            or not 1 <= self.min_bins <= self.n_bins
+        ):
+            raise ValueError(
+                f"LorenzConfig.min_bins must be None or an integer in [1, n_bins], got {self.min_bins!r}"
+            )
         object.__setattr__(self, "splits", tuple(float(f) for f in self.splits))
         random_split(0, self.splits)  # validates the fractions
 
@@ -108,6 +116,8 @@ class LorenzSample:
         latents: float64 z-scored Lorenz states ``[trials, bins, 3]``.
         projection: float64 ``[3, neurons]``, unit-norm columns.
         split_codes: uint8 ``[trials]``, 0 train / 1 val / 2 test.
+        lengths: int64 ``[trials]`` valid bins per trial (all ``n_bins`` unless ``min_bins`` is set;
+            spikes, rates and latents are zero past each length).
     """
 
     spikes: np.ndarray
@@ -115,6 +125,7 @@ class LorenzSample:
     latents: np.ndarray
     projection: np.ndarray
     split_codes: np.ndarray
+    lengths: np.ndarray
 
 
 def lorenz_derivative(state: np.ndarray) -> np.ndarray:
@@ -200,7 +211,14 @@ def simulate_lorenz(config: LorenzConfig | None = None) -> LorenzSample:
         softplus_beta2(drive, out=drive)
         spikes[block] = poisson_counts(drive, spike_rng)
     split_codes = random_split(config.n_trials, config.splits, int(split_seed.generate_state(1)[0]))
-    return LorenzSample(spikes, rates, latents, projection, split_codes)
+    lengths = np.full(config.n_trials, config.n_bins, dtype=np.int64)
+    if config.min_bins is not None:
+        length_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(5)[4])
+        lengths = length_rng.integers(config.min_bins, config.n_bins + 1, config.n_trials)
+        padding = np.arange(config.n_bins)[None, :] >= lengths[:, None]  # [trials, bins]
+        for array in (spikes, rates, latents):
+            array[padding] = 0
+    return LorenzSample(spikes, rates, latents, projection, split_codes, lengths)
 
 
 def default_cache_dir() -> Path:
@@ -248,6 +266,7 @@ def load_lorenz(config: LorenzConfig | None = None, cache_dir: str | os.PathLike
         sample.spikes,
         bin_width=config.bin_width,
         split=sample.split_codes,
+        lengths=sample.lengths if config.min_bins is not None else None,
         rates=sample.rates,
         latents=sample.latents,
         description=_description(config),
