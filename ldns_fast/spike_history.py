@@ -107,7 +107,7 @@ class SpikeHistoryModel(nn.Module):
         return drive + self.w[:, None] * log_rates + self.b[:, None]
 
     def intensity(self, spikes: torch.Tensor, rates: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Conditional intensity ``lambda [B, N, T]`` given observed ``spikes`` and ``rates`` ``[B, N, T]``; 0 on padded bins."""
+        """Conditional intensity ``lambda [B, N, T]`` given ``spikes`` and ``rates`` ``[B, N, T]``; 0 on padding."""
         spikes, rates, mask = self._validate(spikes, rates, mask)
         return F.softplus(self._log_intensity_input(spikes, rates, mask)) * mask[:, None]
 
