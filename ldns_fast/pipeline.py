@@ -108,13 +108,17 @@ class LDNS:
     def sample(
         self, n: int, length: int | None = None, lengths: list[int] | torch.Tensor | None = None,
         sampler: str = "ddim", steps: int = 20, seed: int | None = None, batch_size: int = 256,
-        progress: bool = False, spike_history: bool = False, **sampler_kwargs,
+        progress: bool = False, spike_history: bool = False, conditions: torch.Tensor | None = None,
+        behavior: torch.Tensor | None = None, guidance_scale: float = 1.0, **sampler_kwargs,
     ) -> Samples:
         """Generate ``n`` trials of ``length`` bins (default: the training length) or per-trial ``lengths``.
 
         ``sampler`` is ``"ddpm"``, ``"ddim"`` or ``"dpm++"`` with ``steps`` steps; ``seed`` makes the
         latents and the spikes reproducible. Spikes are Poisson in the rates, or drawn autoregressively
-        by the fitted spike-history model with ``spike_history=True``.
+        by the fitted spike-history model with ``spike_history=True``. A conditional model takes
+        ``conditions [n, cond_dim]`` and/or ``behavior [n, B, T]``; ``guidance_scale`` w mixes the
+        conditional and unconditional predictions as ``uncond + w (cond - uncond)`` (classifier-free
+        guidance: 0 is unconditional, 1 conditional only).
         """
         if spike_history and self.spike_history is None:
             raise ValueError("this run has no spike-history model; train it with --spike-history")
@@ -125,6 +129,7 @@ class LDNS:
         lengths = torch.as_tensor(lengths, dtype=torch.long)
         if lengths.shape != (n,) or int(lengths.min()) < 1:
             raise ValueError(f"lengths must hold n={n} positive integers, got {lengths.tolist()[:10]}")
+        conditions, behavior = self._check_conditions(n, int(lengths.max()), conditions, behavior)
         gen = torch.Generator(self.device)
         if seed is None:
             gen.seed()  # non-deterministic, without touching torch's global generator
@@ -136,8 +141,13 @@ class LDNS:
             part_lengths = lengths[start : start + batch_size]
             T = int(part_lengths.max())
             mask = valid_mask(part_lengths, T).to(self.device)
+            part = slice(start, start + batch_size)
+            model_fn = self._guided(
+                mask, None if conditions is None else conditions[part],
+                None if behavior is None else behavior[part, :, :T], guidance_scale,
+            )
             z = run_sampler(
-                lambda x, t: self.denoiser(x, t, mask), (len(part_lengths), self.config.denoiser.latent, T),
+                model_fn, (len(part_lengths), self.config.denoiser.latent, T),
                 schedule_sampler, steps, generator=gen, device=self.device, progress=progress,
             )
             latents = (z * self.latent_std[:, None] + self.latent_mean[:, None]) * mask[:, None]
@@ -149,6 +159,44 @@ class LDNS:
             parts.append((latents.cpu(), rates.cpu(), spikes.cpu()))
         T_max = int(lengths.max())
         return Samples(*(torch.cat([_pad_time(p[i], T_max) for p in parts]) for i in range(3)), lengths)
+
+
+    def _check_conditions(
+        self, n: int, T: int, conditions: torch.Tensor | None, behavior: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Validate ``conditions [n, cond_dim]`` and ``behavior [n, B, >= T]`` against the model."""
+        c = self.config.denoiser
+        if conditions is not None:
+            conditions = torch.as_tensor(conditions, dtype=torch.float32, device=self.device)
+            if c.cond_dim == 0 or tuple(conditions.shape) != (n, c.cond_dim):
+                raise ValueError(f"conditions must have shape [n, cond_dim] = [{n}, {c.cond_dim}] for this model, "
+                                 f"got {tuple(conditions.shape)}")
+        if behavior is not None:
+            behavior = torch.as_tensor(behavior, dtype=torch.float32, device=self.device)
+            if c.behavior_channels == 0 or behavior.dim() != 3 or behavior.shape[:2] != (n, c.behavior_channels) \
+                    or behavior.shape[2] < T:
+                raise ValueError(f"behavior must have shape [n, B, T] = [{n}, {c.behavior_channels}, >= {T}] for "
+                                 f"this model, got {tuple(behavior.shape)}")
+        for name, value in (("conditions", conditions), ("behavior", behavior)):
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} contain NaN or infinite values")
+        return conditions, behavior
+
+    def _guided(
+        self, mask: torch.Tensor, cond: torch.Tensor | None, behavior: torch.Tensor | None, scale: float
+    ):
+        """``model_fn(x, t)`` for the sampler, with classifier-free guidance when conditions are given."""
+        if cond is None and behavior is None:
+            return lambda x, t: self.denoiser(x, t, mask)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            conditional = self.denoiser(x, t, mask, cond, behavior)
+            if scale == 1.0:
+                return conditional
+            unconditional = self.denoiser(x, t, mask)
+            return unconditional + scale * (conditional - unconditional)
+
+        return model_fn
 
 
 def _pad_time(x: torch.Tensor, T: int) -> torch.Tensor:

@@ -113,8 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_out_dir(out, args)
         save_yaml(out / "config.yaml", to_dict(config))
     data = load_data(config)
-    config = merge(config, {"autoencoder": {"n_neurons": data.n_neurons},
-                            "denoiser": {"latent": config.autoencoder.latent}})
+    config = merge(config, {"autoencoder": {"n_neurons": data.n_neurons}, "denoiser": {
+        "latent": config.autoencoder.latent,
+        "cond_dim": 0 if data.conditions is None else int(data.conditions.shape[1]),
+        "behavior_channels": 0 if data.behavior is None else int(data.behavior.shape[2]),
+    }})
     progress = not args.no_progress
     started = time.perf_counter()
     if args.stage == "diffusion" and not (out / AUTOENCODER_FILE).exists():

@@ -564,3 +564,24 @@ def test_ema_shadow_is_frozen_copy() -> None:
     assert not ema.shadow.training
     for a, b in zip(ema.shadow.parameters(), model.parameters()):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+
+
+def test_conditional_denoiser_dropped_conditions_equal_the_unconditional_model() -> None:
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(latent=LATENT, hidden=HIDDEN, n_blocks=2, d_state=D_STATE, ssm_mode="diag",
+                                    time_features=32, backend="torch", cond_dim=2, behavior_channels=3))
+    perturb_modulation(model)
+    x, t = torch.randn(4, LATENT, 12), torch.tensor([5, 100, 500, 900])
+    cond, behavior = torch.randn(4, 2), torch.randn(4, 3, 12)
+    keep = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        unconditional = model(x, t)
+        mixed = model(x, t, None, cond, behavior, keep)
+        conditional = model(x, t, None, cond, behavior)
+        only_cond = model(x, t, None, cond, None)
+    torch.testing.assert_close(mixed[~keep], unconditional[~keep], rtol=0, atol=0)
+    torch.testing.assert_close(mixed[keep], conditional[keep], rtol=0, atol=0)
+    assert not torch.allclose(conditional, unconditional)
+    assert not torch.allclose(only_cond, conditional) and not torch.allclose(only_cond, unconditional)
+    with pytest.raises(ValueError, match="cond_drop"):
+        DenoiserConfig(cond_drop=1.0)

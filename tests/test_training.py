@@ -298,3 +298,31 @@ def test_variable_length_training_and_sampling_from_quarter_to_four_times_the_me
     for i, length in enumerate(lengths):
         assert not samples.spikes[i, :, length:].any() and not samples.latents[i, :, length:].any()
         assert bool((samples.rates[i, :, :length] > 0).all())
+
+
+def test_conditional_training_and_classifier_free_guidance(tmp_path: Path) -> None:
+    from ldns_fast.data import write_dataset
+
+    rng = np.random.default_rng(0)
+    n, T, N = 40, 16, 8
+    path = write_dataset(tmp_path / "d.h5", rng.poisson(0.3, (n, T, N)), bin_width=0.01,
+                         conditions=rng.normal(size=(n, 2)), behavior=rng.normal(size=(n, T, 3)))
+    out = tmp_path / "run"
+    assert train_main(["--out", str(out), "--data", str(path), *TINY_FLAGS, "--set", "denoiser.cond_drop=0.2"]) == 0
+    model = LDNS.load(out)
+    assert (model.config.denoiser.cond_dim, model.config.denoiser.behavior_channels) == (2, 3)
+    cond, behavior = torch.randn(3, 2), torch.randn(3, 3, T)
+    kwargs = dict(length=T, steps=3, seed=1, sampler="ddim")
+    unconditional = model.sample(3, **kwargs)
+    scale0 = model.sample(3, conditions=cond, behavior=behavior, guidance_scale=0.0, **kwargs)
+    scale1 = model.sample(3, conditions=cond, behavior=behavior, guidance_scale=1.0, **kwargs)
+    scale3 = model.sample(3, conditions=cond, behavior=behavior, guidance_scale=3.0, **kwargs)
+    assert torch.equal(scale0.latents, unconditional.latents)  # CFG scale 0 is the unconditional model
+    assert not torch.allclose(scale1.latents, unconditional.latents)
+    assert not torch.allclose(scale3.latents, scale1.latents)
+    with pytest.raises(ValueError, match=r"conditions must have shape \[n, cond_dim\] = \[3, 2\]"):
+        model.sample(3, conditions=torch.randn(3, 5), **kwargs)
+    with pytest.raises(ValueError, match=r"behavior must have shape"):
+        model.sample(3, behavior=torch.randn(3, 3, T - 1), **kwargs)
+    assert evaluate_main(["--checkpoint", str(out), "--real", str(path), "--split", "all", "--steps", "2",
+                          "--bootstrap", "2", "--no-plots"]) == 0

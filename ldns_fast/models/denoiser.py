@@ -30,12 +30,25 @@ class DenoiserConfig:
     ssm_mode: str = "dplr"
     time_features: int = 256
     backend: str = "auto"
+    cond_dim: int = 0  # vector condition per trial (e.g. reach direction [cos, sin]); 0: none
+    behavior_channels: int = 0  # time-aligned condition channels (e.g. hand velocity); 0: none
+    cond_drop: float = 0.0  # probability of dropping the conditions in training (classifier-free guidance)
 
     def __post_init__(self) -> None:
         for name in ("latent", "hidden", "n_blocks", "time_features"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"DenoiserConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("cond_dim", "behavior_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"DenoiserConfig.{name} must be an integer >= 0, got {value!r}")
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ValueError(f"DenoiserConfig.cond_drop must be in [0, 1), got {self.cond_drop}")
+
+    @property
+    def conditional(self) -> bool:
+        return self.cond_dim > 0 or self.behavior_channels > 0
         if self.time_features % 2:
             raise ValueError(f"DenoiserConfig.time_features must be even, got {self.time_features}")
 
@@ -75,7 +88,14 @@ class DenoiserBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """``forward(x [B, C_latent, L], t [B], mask [B, L] | None) -> [B, C_latent, L]``."""
+    """``forward(x [B, C_latent, L], t [B], mask [B, L] | None, cond, behavior, keep) -> [B, C_latent, L]``.
+
+    Conditions (when configured): ``cond [B, cond_dim]`` through an MLP added to the timestep embedding;
+    ``behavior [B, behavior_channels, L]`` concatenated to the input as clean channels together with an
+    indicator channel. ``keep [B]`` (bool) marks the trials whose conditions are used; the others (and
+    every trial when ``cond``/``behavior`` are None) get the unconditional model, as trained with
+    condition dropout for classifier-free guidance.
+    """
 
     def __init__(self, config: DenoiserConfig) -> None:
         super().__init__()
@@ -84,7 +104,12 @@ class Denoiser(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(c.time_features, c.embed_dim), nn.GELU(), nn.Linear(c.embed_dim, c.embed_dim)
         )
-        self.inp = nn.Conv1d(c.latent, c.hidden, 1)
+        extra = c.behavior_channels + 1 if c.behavior_channels else 0
+        self.inp = nn.Conv1d(c.latent + extra, c.hidden, 1)
+        if c.cond_dim:
+            self.cond_mlp = nn.Sequential(
+                nn.Linear(c.cond_dim, c.embed_dim), nn.GELU(), nn.Linear(c.embed_dim, c.embed_dim)
+            )
         self.blocks = nn.ModuleList(
             DenoiserBlock(c.hidden, c.embed_dim, c.d_state, c.ssm_mode, c.backend) for _ in range(c.n_blocks)
         )
@@ -95,8 +120,20 @@ class Denoiser(nn.Module):
             self.out.weight.mul_(0.1)
             self.out.bias.mul_(0.1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.time_mlp(timestep_features(t, self.config.time_features))
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None, behavior: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        c = self.config
+        emb = self.time_mlp(timestep_features(t, c.time_features))
+        if keep is None:
+            keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        if c.cond_dim and cond is not None:
+            emb = emb + self.cond_mlp(cond) * keep[:, None].to(emb.dtype)
+        if c.behavior_channels:
+            present = keep.to(x.dtype)[:, None, None] if behavior is not None else x.new_zeros(x.shape[0], 1, 1)
+            behavior = x.new_zeros(x.shape[0], c.behavior_channels, x.shape[-1]) if behavior is None else behavior
+            x = torch.cat([x, behavior * present, present.expand(-1, 1, x.shape[-1])], dim=1)
         h = self.inp(apply_mask(x, mask))
         for block in self.blocks:
             h = block(h, emb, mask)

@@ -29,12 +29,18 @@ def load_data(run: RunConfig) -> SpikeData:
 
 
 def spike_batches(data: SpikeData, split: str) -> Batch | None:
-    """``{"spikes": [n, N, T], "mask": [n, T]}`` of one split (None when the split is empty)."""
+    """``{"spikes": [n, N, T], "mask": [n, T]}`` plus ``"cond" [n, C]`` and ``"behavior" [n, B, T]`` when
+    the data hold them, for one split (None when the split is empty)."""
     part = data.split(split)
     if part.n_trials == 0:
         return None
     tensors = to_tensors(part)
-    return {"spikes": tensors.spikes, "mask": tensors.mask}
+    batch = {"spikes": tensors.spikes, "mask": tensors.mask}
+    if tensors.conditions is not None:
+        batch["cond"] = tensors.conditions
+    if tensors.behavior is not None:
+        batch["behavior"] = tensors.behavior
+    return batch
 
 
 def autoencoder_stage_config(run: RunConfig) -> dict:
@@ -91,14 +97,17 @@ def normalise(latents: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor, std
 
 
 def diffusion_loss(
-    model: torch.nn.Module, schedule: DiffusionSchedule, loss: str, beta: float, batch: Batch, gen: torch.Generator
+    model: torch.nn.Module, schedule: DiffusionSchedule, loss: str, beta: float, cond_drop: float,
+    batch: Batch, gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """Denoising loss on valid bins: random timesteps and noise from ``gen``, MSE or SmoothL1."""
+    """Denoising loss on valid bins: random timesteps, noise and condition dropout (probability
+    ``cond_drop``, for classifier-free guidance) from ``gen``; MSE or SmoothL1."""
     x0, mask = batch["latents"], batch["mask"]
     t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=gen, device=gen.device)
     noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
+    keep = torch.rand(x0.shape[0], generator=gen, device=gen.device).to(x0.device) >= cond_drop
     t = t.to(x0.device)
-    prediction = model(schedule.add_noise(x0, noise, t), t, mask)
+    prediction = model(schedule.add_noise(x0, noise, t), t, mask, batch.get("cond"), batch.get("behavior"), keep)
     target = schedule.target(x0, noise, t)
     if loss == "mse":
         per_entry = (prediction - target).square()
@@ -114,8 +123,12 @@ def train_diffusion(
 ) -> tuple[Denoiser, list[dict[str, float]]]:
     """Encode the data, normalise the latents, train the denoiser; returns the EMA denoiser."""
     batches = {name: spike_batches(data, name) for name in ("train", "val")}
+    conditions = ("cond", "behavior") if run.denoiser.conditional else ()
     latents = {
-        name: None if b is None else {"latents": encode_all(autoencoder, b, 256, ctx.device), "mask": b["mask"]}
+        name: None if b is None else {
+            "latents": encode_all(autoencoder, b, 256, ctx.device), "mask": b["mask"],
+            **{k: b[k] for k in conditions if k in b},
+        }
         for name, b in batches.items()
     }
     mean, std = latent_statistics(latents["train"]["latents"], latents["train"]["mask"])
@@ -126,7 +139,7 @@ def train_diffusion(
     cfg = run.diffusion_training
     trainer = StageTrainer(
         "diffusion", Denoiser(run.denoiser),
-        lambda m, b, g: diffusion_loss(m, schedule, cfg.loss, cfg.smooth_l1_beta, b, g),
+        lambda m, b, g: diffusion_loss(m, schedule, cfg.loss, cfg.smooth_l1_beta, run.denoiser.cond_drop, b, g),
         cfg, out_dir / DIFFUSION_FILE, to_dict(run), run.seed, ctx,
         ema=(cfg.ema_max_decay, cfg.ema_power), compile=compile, progress=progress,
         extra={"latent_mean": mean, "latent_std": std, "bin_width": float(data.bin_width), "n_bins": int(data.n_bins)},
