@@ -576,12 +576,15 @@ def test_conditional_denoiser_dropped_conditions_equal_the_unconditional_model()
     keep = torch.tensor([True, False, True, False])
     with torch.no_grad():
         unconditional = model(x, t)
-        mixed = model(x, t, None, cond, behavior, keep)
+        mixed = model(x, t, None, cond, behavior, keep, keep)
         conditional = model(x, t, None, cond, behavior)
         only_cond = model(x, t, None, cond, None)
     torch.testing.assert_close(mixed[~keep], unconditional[~keep], rtol=0, atol=0)
     torch.testing.assert_close(mixed[keep], conditional[keep], rtol=0, atol=0)
     assert not torch.allclose(conditional, unconditional)
     assert not torch.allclose(only_cond, conditional) and not torch.allclose(only_cond, unconditional)
+    with torch.no_grad():
+        dropped_behavior = model(x, t, None, cond, behavior, None, torch.zeros(4, dtype=torch.bool))
+    torch.testing.assert_close(dropped_behavior, only_cond, rtol=0, atol=0)
     with pytest.raises(ValueError, match="cond_drop"):
         DenoiserConfig(cond_drop=1.0)

@@ -6,6 +6,8 @@
   ``split("train" | "val" | "test")``.
 - :class:`LorenzConfig`, :func:`simulate_lorenz`, :func:`load_lorenz`: the embedded Lorenz dataset,
   generated once and cached (``$LDNS_FAST_CACHE`` or ``~/.cache/ldns_fast``).
+- :class:`ReachConfig`, :func:`simulate_reach`, :func:`write_reach`: a synthetic reach-like dataset with
+  directions as ``conditions`` and hand velocity as ``behavior``.
 - :func:`to_tensors`, :class:`SpikeTensors`, :class:`SpikeDataset`: torch tensors in the model layout
   ``[trials, channels, time]`` with a validity mask.
 """
@@ -21,12 +23,15 @@ from .hdf5 import (
     write_dataset,
 )
 from .lorenz import LorenzConfig, LorenzSample, default_cache_dir, load_lorenz, simulate_lorenz
+from .reach import ReachConfig, ReachSample, simulate_reach, write_reach
 
 __all__ = [
     "SPLIT_CODES",
     "DataFormatError",
     "LorenzConfig",
     "LorenzSample",
+    "ReachConfig",
+    "ReachSample",
     "SpikeData",
     "SpikeDataset",
     "SpikeTensors",
@@ -36,8 +41,10 @@ __all__ = [
     "random_split",
     "read_dataset",
     "simulate_lorenz",
+    "simulate_reach",
     "to_tensors",
     "valid_mask",
     "validate_arrays",
     "write_dataset",
+    "write_reach",
 ]

@@ -92,9 +92,9 @@ class Denoiser(nn.Module):
 
     Conditions (when configured): ``cond [B, cond_dim]`` through an MLP added to the timestep embedding;
     ``behavior [B, behavior_channels, L]`` concatenated to the input as clean channels together with an
-    indicator channel. ``keep [B]`` (bool) marks the trials whose conditions are used; the others (and
-    every trial when ``cond``/``behavior`` are None) get the unconditional model, as trained with
-    condition dropout for classifier-free guidance.
+    indicator channel. ``keep_cond [B]`` and ``keep_behavior [B]`` (bool) mark the trials whose
+    conditions are used; a dropped (or None) condition is absent, as trained with independent condition
+    dropout for classifier-free guidance, so either kind can also be given alone.
     """
 
     def __init__(self, config: DenoiserConfig) -> None:
@@ -122,15 +122,17 @@ class Denoiser(nn.Module):
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
-        cond: torch.Tensor | None = None, behavior: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None, behavior: torch.Tensor | None = None,
+        keep_cond: torch.Tensor | None = None, keep_behavior: torch.Tensor | None = None,
     ) -> torch.Tensor:
         c = self.config
         emb = self.time_mlp(timestep_features(t, c.time_features))
-        if keep is None:
-            keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         if c.cond_dim and cond is not None:
+            keep = everyone if keep_cond is None else keep_cond
             emb = emb + self.cond_mlp(cond) * keep[:, None].to(emb.dtype)
         if c.behavior_channels:
+            keep = everyone if keep_behavior is None else keep_behavior
             present = keep.to(x.dtype)[:, None, None] if behavior is not None else x.new_zeros(x.shape[0], 1, 1)
             behavior = x.new_zeros(x.shape[0], c.behavior_channels, x.shape[-1]) if behavior is None else behavior
             x = torch.cat([x, behavior * present, present.expand(-1, 1, x.shape[-1])], dim=1)

@@ -100,14 +100,14 @@ def diffusion_loss(
     model: torch.nn.Module, schedule: DiffusionSchedule, loss: str, beta: float, cond_drop: float,
     batch: Batch, gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """Denoising loss on valid bins: random timesteps, noise and condition dropout (probability
-    ``cond_drop``, for classifier-free guidance) from ``gen``; MSE or SmoothL1."""
+    """Denoising loss on valid bins: random timesteps, noise and independent dropout of the vector and
+    behaviour conditions (probability ``cond_drop`` each, for classifier-free guidance) from ``gen``."""
     x0, mask = batch["latents"], batch["mask"]
     t = torch.randint(0, schedule.num_train_timesteps, (x0.shape[0],), generator=gen, device=gen.device)
     noise = torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device)
-    keep = torch.rand(x0.shape[0], generator=gen, device=gen.device).to(x0.device) >= cond_drop
+    keep = torch.rand(2, x0.shape[0], generator=gen, device=gen.device).to(x0.device) >= cond_drop
     t = t.to(x0.device)
-    prediction = model(schedule.add_noise(x0, noise, t), t, mask, batch.get("cond"), batch.get("behavior"), keep)
+    prediction = model(schedule.add_noise(x0, noise, t), t, mask, batch.get("cond"), batch.get("behavior"), *keep)
     target = schedule.target(x0, noise, t)
     if loss == "mse":
         per_entry = (prediction - target).square()
