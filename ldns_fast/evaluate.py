@@ -131,23 +131,17 @@ def evaluate_files(
 
 def sample_from_run(
     run_dir: str | os.PathLike, lengths: np.ndarray, *, sampler: str = "ddim", steps: int = 20, seed: int = 0,
-    device: str = "cpu", progress: bool = False, spike_history: bool = False,
-    conditions: np.ndarray | None = None, behavior: np.ndarray | None = None,
+    device: str = "cpu", progress: bool = False, spike_history: bool = False, like: SpikeData | None = None,
 ) -> SpikeData:
     """Generate one trial per entry of ``lengths`` from a trained run, as an in-memory :class:`SpikeData`.
 
-    A conditional run is given the ``conditions [n, C]`` and ``behavior [n, T, B]`` (file layout) of the
-    real trials it is compared with; an unconditional run ignores them.
+    A conditional run is given the conditions and behaviour of the real trials ``like`` (the set it is
+    compared with); an unconditional run ignores them.
     """
     from ldns_fast.pipeline import LDNS
 
     model = LDNS.load(run_dir, device)
-    c = model.config.denoiser
-    kwargs = {}
-    if c.cond_dim and conditions is not None:
-        kwargs["conditions"] = torch.as_tensor(conditions, dtype=torch.float32)
-    if c.behavior_channels and behavior is not None:
-        kwargs["behavior"] = torch.as_tensor(behavior, dtype=torch.float32).transpose(1, 2)
+    kwargs = model.condition_inputs(like) if like is not None else {}
     out = model.sample(len(lengths), lengths=torch.as_tensor(lengths), sampler=sampler, steps=steps, seed=seed,
                        progress=progress, spike_history=spike_history, **kwargs)
     return out.to_spike_data(model.bin_width, f"sampled from {run_dir} ({sampler}-{steps}, seed {seed})")
@@ -196,8 +190,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict[str, object]:
     if real.n_trials == 0:
         raise ValueError(f"the real data's {args.split!r} split holds no trials")
     generated = sample_from_run(args.checkpoint, real.lengths, sampler=args.sampler, steps=args.steps,
-                                seed=args.seed, device=args.device, spike_history=args.spike_history,
-                                conditions=real.conditions, behavior=real.behavior)
+                                seed=args.seed, device=args.device, spike_history=args.spike_history, like=real)
     return evaluate_data(real, generated, out_dir=args.out, n_bootstrap=args.bootstrap, seed=args.seed,
                          plots=not args.no_plots, split=args.split)
 

@@ -161,6 +161,16 @@ class LDNS:
         return Samples(*(torch.cat([_pad_time(p[i], T_max) for p in parts]) for i in range(3)), lengths)
 
 
+    def condition_inputs(self, data: SpikeData) -> dict[str, torch.Tensor]:
+        """``sample`` keyword arguments with the ``conditions``/``behavior`` of ``data`` (file layout) that
+        this model is conditioned on (empty for an unconditional model)."""
+        c, kwargs = self.config.denoiser, {}
+        if c.cond_dim and data.conditions is not None:
+            kwargs["conditions"] = torch.as_tensor(data.conditions, dtype=torch.float32)
+        if c.behavior_channels and data.behavior is not None:
+            kwargs["behavior"] = torch.as_tensor(data.behavior, dtype=torch.float32).transpose(1, 2)
+        return kwargs
+
     def _check_conditions(
         self, n: int, T: int, conditions: torch.Tensor | None, behavior: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:

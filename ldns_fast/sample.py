@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from ldns_fast.checkpoint import CheckpointError
-from ldns_fast.data import write_dataset
+from ldns_fast.data import read_dataset, write_dataset
 from ldns_fast.pipeline import LDNS, Samples
 
 
@@ -38,6 +38,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--spike-history", action="store_true",
                    help="draw spikes with the run's fitted spike-history model instead of Poisson")
+    p.add_argument("--like", type=Path, help="dataset file whose trials (lengths and, for a conditional model, "
+                   "conditions and behaviour) the samples follow; overrides --n/--length/--lengths")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="split of --like")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (conditional runs)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -56,13 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as err:
         raise SystemExit(f"error: {err}") from err
     kwargs = {} if args.eta is None else {"eta": args.eta}
-    n = len(args.lengths) if args.lengths else args.n
-    started = time.perf_counter()
+    lengths = args.lengths
     try:
-        samples = model.sample(n, length=args.length, lengths=args.lengths, sampler=args.sampler, steps=args.steps,
+        if args.like is not None:
+            like = read_dataset(args.like)
+            like = like if args.split == "all" else like.split(args.split)
+            lengths = like.lengths.tolist()
+            kwargs.update(model.condition_inputs(like))
+        n = len(lengths) if lengths else args.n
+        started = time.perf_counter()
+        samples = model.sample(n, length=args.length, lengths=lengths, sampler=args.sampler, steps=args.steps,
                                seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
-                               spike_history=args.spike_history, **kwargs)
-    except ValueError as err:
+                               spike_history=args.spike_history, guidance_scale=args.guidance_scale, **kwargs)
+    except ValueError as err:  # DataFormatError too
         raise SystemExit(f"error: {err}") from err
     seconds = time.perf_counter() - started
     out = args.out or args.run / "samples.h5"

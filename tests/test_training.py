@@ -326,3 +326,6 @@ def test_conditional_training_and_classifier_free_guidance(tmp_path: Path) -> No
         model.sample(3, behavior=torch.randn(3, 3, T - 1), **kwargs)
     assert evaluate_main(["--checkpoint", str(out), "--real", str(path), "--split", "all", "--steps", "2",
                           "--bootstrap", "2", "--no-plots"]) == 0
+    assert sample_main([str(out), "--like", str(path), "--split", "all", "--steps", "2", "--guidance-scale", "2",
+                        "--no-progress", "--out", str(tmp_path / "c.h5")]) == 0
+    assert read_dataset(tmp_path / "c.h5").n_trials == n
