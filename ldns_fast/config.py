@@ -15,6 +15,7 @@ import yaml
 
 from ldns_fast.diffusion import NoiseSchedule
 from ldns_fast.models import AutoencoderConfig, DenoiserConfig
+from ldns_fast.validation import require_positive_ints
 
 
 @dataclass
@@ -40,10 +41,7 @@ class StageConfig:
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "val_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "epochs", "batch_size", "val_every", "checkpoint_every")
         if not self.lr > 0:
             raise ValueError(f"{type(self).__name__}.lr must be positive, got {self.lr}")
 

@@ -31,6 +31,8 @@ import h5py
 import numpy as np
 import torch
 
+from ldns_fast.validation import require_positive_ints
+
 from .hdf5 import random_split, write_dataset
 
 SIGMA, RHO, BETA = 10.0, 28.0, 8.0 / 3.0
@@ -58,10 +60,7 @@ class LorenzConfig:
     min_bins: int | None = None  # variable lengths: each trial keeps U{min_bins..n_bins} bins
 
     def __post_init__(self) -> None:
-        for name in ("n_trials", "n_bins", "n_neurons", "steps_per_bin"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LorenzConfig.{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "n_trials", "n_bins", "n_neurons", "steps_per_bin")
         for name in ("seed", "burn_in_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldns_fast.validation import require_positive_ints
+
 from .hdf5 import random_split, write_dataset
 from .lorenz import poisson_counts, softplus_beta2, unit_projection, zscore
 
@@ -33,10 +35,7 @@ class ReachConfig:
     splits: tuple[float, float, float] = (0.7, 0.1, 0.2)
 
     def __post_init__(self) -> None:
-        for name in ("n_trials", "n_bins", "n_neurons"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ReachConfig.{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "n_trials", "n_bins", "n_neurons")
         if not self.base_rate > 0:
             raise ValueError(f"ReachConfig.base_rate must be positive, got {self.base_rate}")
 

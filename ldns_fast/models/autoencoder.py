@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldns_fast.ssm import S4
+from ldns_fast.validation import require_positive_ints
 
 from .layers import ChannelNorm, PointwiseMLP, apply_mask
 
@@ -35,10 +36,7 @@ class AutoencoderConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("n_neurons", "hidden", "latent", "n_blocks"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"AutoencoderConfig.{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "n_neurons", "hidden", "latent", "n_blocks")
         if self.hidden % self.latent:
             raise ValueError(
                 f"hidden ({self.hidden}) must be a multiple of latent ({self.latent}) for the grouped convs"

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldns_fast.ssm import S4
+from ldns_fast.validation import require_positive_ints
 
 from .layers import ChannelNorm, PointwiseMLP, apply_mask
 
@@ -35,10 +36,7 @@ class DenoiserConfig:
     cond_drop: float = 0.0  # probability of dropping the conditions in training (classifier-free guidance)
 
     def __post_init__(self) -> None:
-        for name in ("latent", "hidden", "n_blocks", "time_features"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DenoiserConfig.{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "latent", "hidden", "n_blocks", "time_features")
         for name in ("cond_dim", "behavior_channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
