@@ -8,6 +8,8 @@
   generated once and cached (``$LDNS_FAST_CACHE`` or ``~/.cache/ldns_fast``).
 - :class:`ReachConfig`, :func:`simulate_reach`, :func:`write_reach`: a synthetic reach-like dataset with
   directions as ``conditions`` and hand velocity as ``behavior``.
+- :func:`read_nwb`: bin the spike times of an NWB file (optional extra ``nwb``, ``pynwb`` imported on
+  use) into trials, with behaviour time series and trials-table conditions.
 - :func:`to_tensors`, :class:`SpikeTensors`, :class:`SpikeDataset`: torch tensors in the model layout
   ``[trials, channels, time]`` with a validity mask.
 """
@@ -23,6 +25,7 @@ from .hdf5 import (
     write_dataset,
 )
 from .lorenz import LorenzConfig, LorenzSample, default_cache_dir, load_lorenz, simulate_lorenz
+from .nwb import read_nwb
 from .reach import ReachConfig, ReachSample, simulate_reach, write_reach
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "pad_trials",
     "random_split",
     "read_dataset",
+    "read_nwb",
     "simulate_lorenz",
     "simulate_reach",
     "to_tensors",
