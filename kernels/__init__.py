@@ -2,8 +2,11 @@
 
 - :func:`vandermonde_kernel`: the S4D kernel, a Vandermonde product ``[H, Np] -> [H, L]``.
 - :func:`cauchy_kernel`: the DPLR S4 kernel's Cauchy sum ``[..., Np] x [M] -> [..., M]``.
+- :func:`modulated_norm`, :func:`gelu_gate_residual`: the denoiser block's fused adaLN norm and gated
+  GELU residual on ``[B, C, L]`` (:mod:`ldns_fast.kernels.fused`).
 
-Backends: ``"torch"``, ``"keops"``, ``"triton"`` and ``"auto"``; see :mod:`ldns_fast.kernels.api`.
+Backends: ``"torch"``, ``"keops"``, ``"triton"`` and ``"auto"``; see :mod:`ldns_fast.kernels.api`
+(the fused block ops have ``"torch"``, ``"triton"`` and ``"auto"``).
 """
 from .api import (
     BACKENDS,
@@ -13,6 +16,7 @@ from .api import (
     cauchy_kernel,
     vandermonde_kernel,
 )
+from .fused import gelu_gate_residual, modulated_norm
 from .reference import cauchy_naive, vandermonde_naive
 
 __all__ = [
@@ -22,6 +26,8 @@ __all__ = [
     "backend_status",
     "cauchy_kernel",
     "cauchy_naive",
+    "gelu_gate_residual",
+    "modulated_norm",
     "vandermonde_kernel",
     "vandermonde_naive",
 ]
