@@ -43,12 +43,12 @@ class DenoiserConfig:
                 raise ValueError(f"DenoiserConfig.{name} must be an integer >= 0, got {value!r}")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"DenoiserConfig.cond_drop must be in [0, 1), got {self.cond_drop}")
+        if self.time_features % 2:
+            raise ValueError(f"DenoiserConfig.time_features must be even, got {self.time_features}")
 
     @property
     def conditional(self) -> bool:
         return self.cond_dim > 0 or self.behavior_channels > 0
-        if self.time_features % 2:
-            raise ValueError(f"DenoiserConfig.time_features must be even, got {self.time_features}")
 
     @property
     def embed_dim(self) -> int:
