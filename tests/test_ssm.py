@@ -15,6 +15,7 @@ from ldns_fast.ssm import (
     S4,
     DiagonalKernel,
     DPLRKernel,
+    direct_conv,
     fft_conv,
     hippo_legs,
     hippo_legs_dplr,
@@ -236,7 +237,7 @@ def test_dplr_without_low_rank_term_equals_diagonal_bilinear() -> None:
 # ------------------------------------------------------------------------------------------- FFT conv
 
 
-def direct_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
+def loop_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
     """``y[t] = sum_{j<=t} k0[j] u[t-j] + sum_{m>=1} k1[m-1] u[t+m] + D u[t]`` by explicit loops."""
     L = u.shape[-1]
     y = torch.zeros_like(u)
@@ -252,14 +253,15 @@ def direct_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> tor
 @pytest.mark.parametrize("n_kernels", [1, 2])
 @pytest.mark.parametrize("L", [1, 13, 16])
 @pytest.mark.parametrize("with_D", [True, False])
-def test_fft_conv_matches_direct_sum(n_kernels: int, L: int, with_D: bool) -> None:
+@pytest.mark.parametrize("conv", [fft_conv, direct_conv])
+def test_convolutions_match_the_loop_sum(n_kernels: int, L: int, with_D: bool, conv) -> None:
     torch.manual_seed(4)
     u = torch.randn(2, 3, L, dtype=torch.float64)
     k = torch.randn(n_kernels, 3, L, dtype=torch.float64)
     D = torch.randn(3, dtype=torch.float64) if with_D else None
-    y = fft_conv(u, k, D)
+    y = conv(u, k, D)
     assert y.shape == u.shape
-    assert torch.allclose(y, direct_conv(u, k, D), atol=1e-12)
+    assert torch.allclose(y, loop_conv(u, k, D), atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -272,10 +274,11 @@ def test_fft_conv_matches_direct_sum(n_kernels: int, L: int, with_D: bool) -> No
         ((2, 3, 4), (1, 3, 4), (4,), "D"),
     ],
 )
-def test_fft_conv_rejects_bad_shapes(u_shape, k_shape, D_shape, name: str) -> None:
+@pytest.mark.parametrize("conv", [fft_conv, direct_conv])
+def test_convolutions_reject_bad_shapes(u_shape, k_shape, D_shape, name: str, conv) -> None:
     D = None if D_shape is None else torch.randn(D_shape)
     with pytest.raises(ValueError, match=rf"^{name} must"):
-        fft_conv(torch.randn(u_shape), torch.randn(k_shape), D)
+        conv(torch.randn(u_shape), torch.randn(k_shape), D)
 
 
 # ------------------------------------------------------------------------------------------- S4 layer

@@ -113,6 +113,10 @@ class Sampler(ABC):
         self.num_inference_steps = num_inference_steps
         self._order: list[int] = self.timesteps.tolist()
         self._position = {t: i for i, t in enumerate(self._order)}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the state of a previous run (multistep history); the timesteps are kept."""
 
     def index(self, t: int | torch.Tensor) -> int:
         """Position of ``t`` in ``timesteps``."""
@@ -178,8 +182,7 @@ class DPMSolverPPSampler(Sampler):
     Steps must be taken in order; a step whose predecessor was not the previous timestep is first order.
     """
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        super().set_timesteps(num_inference_steps)
+    def reset(self) -> None:
         self._history: tuple[int, torch.Tensor] | None = None  # (timestep, x0_hat) of the last step
 
     def step(

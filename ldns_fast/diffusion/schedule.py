@@ -77,6 +77,7 @@ class DiffusionSchedule:
         self.betas = make_betas(self.config)
         self.alphas = 1 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._alpha_bar_values: list[float] = self.alphas_cumprod.tolist()  # plain floats: no tensor reads
         # [2, T] tables (sqrt(abar), sqrt(1 - abar)) cast per (device, dtype) on first use.
         self._tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -92,7 +93,7 @@ class DiffusionSchedule:
         """``abar_t`` as a float64 Python float; ``t = -1`` is the clean end of the chain (``abar = 1``)."""
         if isinstance(t, bool) or not isinstance(t, int) or not -1 <= t < self.num_train_timesteps:
             raise ValueError(f"t must be an int in [-1, {self.num_train_timesteps - 1}], got {t!r}")
-        return 1.0 if t == -1 else float(self.alphas_cumprod[t])
+        return 1.0 if t == -1 else self._alpha_bar_values[t]
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         """``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``; ``x0, noise [B, C, L]`` -> ``[B, C, L]``."""

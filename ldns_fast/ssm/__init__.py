@@ -2,10 +2,11 @@
 
 - :class:`S4`: the layer ``[B, H, L] -> [B, H, L]`` with an inference kernel cache.
 - :class:`DPLRKernel`, :class:`DiagonalKernel`: real SSM kernels ``L -> [n_kernels, H, L]``.
-- :func:`fft_conv`: causal or bidirectional FFT convolution with a skip term.
+- :func:`fft_conv`, :func:`direct_conv`: causal or bidirectional convolution with a skip term (FFT or
+  Toeplitz product).
 - :func:`hippo_legs`, :func:`hippo_legs_dplr`: HiPPO-LegS matrices, dense and in DPLR form.
 """
-from .fftconv import fft_conv, fold_kernel
+from .fftconv import direct_conv, fft_conv, fold_kernel, kernel_spectrum, spectrum_conv, toeplitz, toeplitz_conv
 from .hippo import hippo_legs, hippo_legs_dplr
 from .s4 import KERNEL_CACHE_SIZE, S4
 from .ssm_kernels import DiagonalKernel, DPLRKernel, bilinear_nodes
@@ -16,8 +17,13 @@ __all__ = [
     "DPLRKernel",
     "DiagonalKernel",
     "bilinear_nodes",
+    "direct_conv",
     "fft_conv",
     "fold_kernel",
     "hippo_legs",
     "hippo_legs_dplr",
+    "kernel_spectrum",
+    "spectrum_conv",
+    "toeplitz",
+    "toeplitz_conv",
 ]

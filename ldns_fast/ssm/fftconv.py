@@ -1,4 +1,5 @@
-"""Long convolution of a sequence with an SSM kernel via real FFTs of length ``2L`` (no wrap-around).
+"""Long convolution of a sequence with an SSM kernel: real FFTs of length ``2L`` (no wrap-around), or a
+direct Toeplitz product (``O(L^2)``, for short sequences and for export).
 
 Causal (one kernel): ``y[t] = sum_{j<=t} k0[j] u[t-j] + D u[t]``.
 Bidirectional (two kernels): additionally ``y[t] += sum_{m>=1} k1[m-1] u[t+m]``; both halves are folded
@@ -36,6 +37,18 @@ def fold_kernel(k: torch.Tensor) -> torch.Tensor:
     return folded
 
 
+def kernel_spectrum(k: torch.Tensor) -> torch.Tensor:
+    """Kernel ``[n_kernels, H, L]`` -> the real FFT of its folded form, complex ``[H, L + 1]``."""
+    return torch.fft.rfft(fold_kernel(k), n=2 * k.shape[-1])
+
+
+def spectrum_conv(u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`fft_conv` from a precomputed :func:`kernel_spectrum` ``[H, L + 1]``; ``u [B, H, L]``."""
+    L = u.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * spectrum, n=2 * L)[..., :L]
+    return y if D is None else y + D[:, None] * u
+
+
 def fft_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
     """Convolve ``u [B, H, L]`` with the kernel ``k [n_kernels, H, L]`` and add ``D [H] * u``.
 
@@ -43,9 +56,25 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None) ->
     Returns ``[B, H, L]`` in the promoted dtype of ``u`` and ``k``.
     """
     _check_shapes(u, k, D)
-    L = u.shape[-1]
-    spectrum = torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(fold_kernel(k), n=2 * L)
-    y = torch.fft.irfft(spectrum, n=2 * L)[..., :L]
-    if D is not None:
-        y = y + D[:, None] * u
-    return y
+    return spectrum_conv(u, kernel_spectrum(k), D)
+
+
+def toeplitz(k: torch.Tensor) -> torch.Tensor:
+    """Kernel ``[n_kernels, H, L]`` -> ``T [H, L, L]`` with ``T[h, i, j] = folded[h, (i - j) mod 2L]``."""
+    L = k.shape[-1]
+    position = torch.arange(L, device=k.device)
+    lag = position[:, None] - position[None, :]
+    lag = torch.where(lag < 0, lag + 2 * L, lag)  # (i - j) mod 2L
+    return fold_kernel(k)[:, lag]
+
+
+def toeplitz_conv(u: torch.Tensor, T: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`direct_conv` from a precomputed :func:`toeplitz` ``[H, L, L]``; ``u [B, H, L]``."""
+    y = torch.matmul(u.transpose(0, 1), T.transpose(1, 2)).transpose(0, 1)
+    return y if D is None else y + D[:, None] * u
+
+
+def direct_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`fft_conv` as a Toeplitz matrix product (:func:`toeplitz`): ``O(B H L^2)`` work, no FFT."""
+    _check_shapes(u, k, D)
+    return toeplitz_conv(u, toeplitz(k), D)
