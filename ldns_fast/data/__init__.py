@@ -2,6 +2,7 @@
 
 - :func:`write_dataset`, :func:`read_dataset`: atomic validating writer and validating reader of the
   file format (``docs/data_format.md``); violations raise :class:`DataFormatError`.
+  :class:`DatasetWriter` writes generated trials batch by batch (long recordings, bounded memory).
 - :class:`SpikeData`: a dataset in file layout (numpy ``[trials, time, neurons]``), with
   ``split("train" | "val" | "test")``.
 - :class:`LorenzConfig`, :func:`simulate_lorenz`, :func:`load_lorenz`: the embedded Lorenz dataset,
@@ -12,25 +13,34 @@
   use) into trials, with behaviour time series and trials-table conditions.
 - :func:`to_tensors`, :class:`SpikeTensors`, :class:`SpikeDataset`: torch tensors in the model layout
   ``[trials, channels, time]`` with a validity mask.
+
+Names are imported from their submodules on first use, so the file format works without torch.
 """
-from .dataset import SpikeDataset, SpikeTensors, to_tensors, valid_mask
-from .hdf5 import (
-    SPLIT_CODES,
-    DataFormatError,
-    SpikeData,
-    pad_trials,
-    random_split,
-    read_dataset,
-    validate_arrays,
-    write_dataset,
-)
-from .lorenz import LorenzConfig, LorenzSample, default_cache_dir, load_lorenz, simulate_lorenz
-from .nwb import read_nwb
-from .reach import ReachConfig, ReachSample, simulate_reach, write_reach
+import importlib
+
+# Names and the submodule holding each, imported on first use: the HDF5 format needs no torch.
+_HOMES = {
+    "SpikeDataset": "dataset", "SpikeTensors": "dataset", "to_tensors": "dataset", "valid_mask": "dataset",
+    "SPLIT_CODES": "hdf5", "DataFormatError": "hdf5", "DatasetWriter": "hdf5", "SpikeData": "hdf5",
+    "pad_trials": "hdf5", "random_split": "hdf5", "read_dataset": "hdf5", "validate_arrays": "hdf5",
+    "write_dataset": "hdf5",
+    "LorenzConfig": "lorenz", "LorenzSample": "lorenz", "default_cache_dir": "lorenz", "load_lorenz": "lorenz",
+    "simulate_lorenz": "lorenz",
+    "read_nwb": "nwb",
+    "ReachConfig": "reach", "ReachSample": "reach", "simulate_reach": "reach", "write_reach": "reach",
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+
 
 __all__ = [
     "SPLIT_CODES",
     "DataFormatError",
+    "DatasetWriter",
     "LorenzConfig",
     "LorenzSample",
     "ReachConfig",

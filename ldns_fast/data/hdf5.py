@@ -22,7 +22,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from ldns_fast.atomic import atomic_write
+from ldns_fast.atomic import atomic_path, atomic_write
 
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -293,6 +293,78 @@ def write_dataset(
             _write_contents(f, arrays, bin_width, str(description))
 
     return atomic_write(target, write)
+
+
+class DatasetWriter:
+    """Write generated trials batch by batch into a dataset file, atomically (bounded memory).
+
+    ``spikes`` and ``rates`` ``[n, T, N]`` and ``latents`` ``[n, T, C]`` are created zero-filled and
+    chunked per trial; :meth:`write` validates each batch like :func:`write_dataset` and stores it.
+    Use as a context manager: on a clean exit with every trial written the file appears at ``path``;
+    on any error (or missing trials) nothing is left behind.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, n_trials: int, n_bins: int, n_neurons: int, latent_channels: int,
+        bin_width: float, description: str = "",
+    ) -> None:
+        for name, value in (("n_trials", n_trials), ("n_bins", n_bins), ("n_neurons", n_neurons),
+                            ("latent_channels", latent_channels)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.path = Path(path)
+        self.bin_width = _check_bin_width(str(self.path), bin_width)
+        self.shape = (int(n_trials), int(n_bins), int(n_neurons), int(latent_channels))
+        self.description = str(description)
+        self._written = np.zeros(n_trials, dtype=bool)
+
+    def __enter__(self) -> DatasetWriter:
+        self._atomic = atomic_path(self.path)
+        self._file = h5py.File(self._atomic.__enter__(), "w")
+        n, T, N, C = self.shape
+        gzip = {"compression": "gzip", "compression_opts": 1}
+        self._file.create_dataset("spikes", (n, T, N), dtype=np.uint16, chunks=(1, min(T, 4096), N), **gzip)
+        self._file.create_dataset("rates", (n, T, N), dtype=np.float32, chunks=(1, min(T, 4096), N))
+        self._file.create_dataset("latents", (n, T, C), dtype=np.float32, chunks=(1, min(T, 4096), C))
+        self._file.create_dataset("lengths", (n,), dtype=np.int64)
+        self._file.attrs["bin_width"] = self.bin_width
+        self._file.attrs["description"] = self.description
+        return self
+
+    def write(self, index: np.ndarray, spikes: np.ndarray, rates: np.ndarray, latents: np.ndarray,
+              lengths: np.ndarray) -> None:
+        """Store trials ``index [k]``: ``spikes``/``rates`` ``[k, t, N]``, ``latents [k, t, C]``, ``lengths [k]``."""
+        index = np.asarray(index)
+        n, T, N, C = self.shape
+        source = f"{self.path} (trials {index[:5].tolist()}...)"
+        arrays = {"spikes": np.asarray(spikes), "rates": np.asarray(rates), "latents": np.asarray(latents),
+                  "lengths": np.asarray(lengths)}
+        validate_arrays(arrays, self.bin_width, source)
+        k, t = arrays["spikes"].shape[:2]
+        if index.shape != (k,) or not np.issubdtype(index.dtype, np.integer) or index.min() < 0 or index.max() >= n:
+            raise ValueError(f"index must hold {k} trial numbers in [0, {n}), got {index.tolist()[:10]}")
+        if t > T or arrays["spikes"].shape[2] != N or arrays["latents"].shape[2] != C:
+            raise ValueError(f"batch shapes {arrays['spikes'].shape} / {arrays['latents'].shape} do not fit "
+                             f"[trials, <= {T}, {N}] / [trials, <= {T}, {C}]")
+        if arrays["spikes"].max(initial=0) > np.iinfo(np.uint16).max:
+            raise DataFormatError(f"{source}: 'spikes' counts above {np.iinfo(np.uint16).max} do not fit uint16")
+        for row, trial in enumerate(index.tolist()):
+            length = int(arrays["lengths"][row])
+            self._file["spikes"][trial, :length] = arrays["spikes"][row, :length]
+            self._file["rates"][trial, :length] = arrays["rates"][row, :length]
+            self._file["latents"][trial, :length] = arrays["latents"][row, :length]
+            self._file["lengths"][trial] = length
+        self._written[index] = True
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self._file.close()
+        if error is None and not self._written.all():
+            missing = np.flatnonzero(~self._written)
+            error = DataFormatError(f"{self.path}: {missing.size} of {self.shape[0]} trials were never written "
+                                    f"(first: {missing[:5].tolist()}); the file was not kept")
+            self._atomic.__exit__(type(error), error, None)
+            raise error
+        self._atomic.__exit__(kind, error, traceback)
 
 
 def _read_array(f: h5py.File, key: str, source: str) -> np.ndarray:

@@ -1,0 +1,166 @@
+"""Torch modules shaped for ONNX export: S4 layers in diagonal form and an unrolled sampler.
+
+Every module here traces with dynamic batch and length axes: S4 kernels are generated in the graph for
+the input's length from a float64 diagonal form (no FFT, no complex numbers), and the convolution is a
+direct Toeplitz product or a real FFT of length ``2L`` (see :data:`CONV_MODES`).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ldns_fast.diffusion import DiffusionSchedule, make_sampler
+from ldns_fast.models import Autoencoder, Denoiser
+from ldns_fast.ssm import S4, kernel_spectrum, spectrum_conv, toeplitz, toeplitz_conv
+
+from .diagonal import diagonal_form
+
+CONV_MODES = ("direct", "fft")
+# Taps per chunk when generating kernels: K[q * CHUNK + r] = Re(sum_m (w mu^(q CHUNK)) mu^r).
+KERNEL_CHUNK = 256
+
+
+class DiagonalS4(nn.Module):
+    """An :class:`~ldns_fast.ssm.S4` layer for export: ``u [B, H, L] -> [B, H, L]``, same outputs.
+
+    The kernel for any ``L`` is built from float64 ``w [n_kernels, H, M]`` and ``log mu [H, M]`` as a
+    product of chunk anchors ``w mu^(q C)`` ``[.., M, L / C]`` with in-chunk powers ``mu^r`` ``[H, M, C]``
+    (exact phases: no ``sin(l theta)`` at large ``l`` in single precision).
+    """
+
+    def __init__(self, layer: S4, conv: str) -> None:
+        super().__init__()
+        if conv not in CONV_MODES:
+            raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
+        form = diagonal_form(layer.kernel)
+        self.conv = conv
+        self.register_buffer("w_re", form.w.real.clone())
+        self.register_buffer("w_im", form.w.imag.clone())
+        self.register_buffer("a", form.log_mu.real.clone())
+        self.register_buffer("b", form.log_mu.imag.clone())
+        self.register_buffer("D", layer.D.detach().float().clone())
+        self.operand: torch.Tensor | None = None  # set by prepare(): shared by every sampling step
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """Real float32 kernel ``[n_kernels, H, L]``."""
+        n_chunks = L // KERNEL_CHUNK + 2  # enough taps; never 1, so tracing has no size-1 special case
+        r = torch.arange(KERNEL_CHUNK, dtype=torch.float64, device=self.a.device)
+        q = torch.arange(n_chunks, dtype=torch.float64, device=self.a.device) * KERNEL_CHUNK
+        a, b = self.a[..., None], self.b[..., None]
+        inner_re, inner_im = torch.exp(a * r) * torch.cos(b * r), torch.exp(a * r) * torch.sin(b * r)
+        anchor_re, anchor_im = torch.exp(a * q) * torch.cos(b * q), torch.exp(a * q) * torch.sin(b * q)
+        w_re, w_im = self.w_re[..., None], self.w_im[..., None]
+        left_re = (w_re * anchor_re - w_im * anchor_im).transpose(-1, -2)  # [n_kernels, H, n_chunks, M]
+        left_im = (w_re * anchor_im + w_im * anchor_re).transpose(-1, -2)
+        K = left_re @ inner_re - left_im @ inner_im  # [n_kernels, H, n_chunks, CHUNK]
+        positions = torch.arange(L, device=K.device)  # a gather, not a slice: no guards on L vs chunks
+        return K.flatten(-2).index_select(-1, positions).float()
+
+    def conv_operand(self, L: int) -> torch.Tensor:
+        """What the convolution needs for length ``L``: Toeplitz ``[H, L, L]`` or spectrum ``[H, L + 1]``."""
+        K = self.kernel(L)
+        return toeplitz(K) if self.conv == "direct" else kernel_spectrum(K)
+
+    def prepare(self, L: int | None) -> None:
+        """Build the convolution operand for length ``L`` once (``None``: forget it)."""
+        self.operand = None if L is None else self.conv_operand(L)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        operand = self.operand if self.operand is not None else self.conv_operand(u.shape[-1])
+        conv = toeplitz_conv if self.conv == "direct" else spectrum_conv
+        return conv(u, operand, self.D)
+
+
+def to_diagonal_s4(model: nn.Module, conv: str) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every :class:`S4` replaced by a :class:`DiagonalS4`."""
+    model = copy.deepcopy(model).eval().cpu()
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, S4):
+                setattr(module, child_name, DiagonalS4(child, conv))
+    return model
+
+
+def valid_mask_from_lengths(lengths: torch.Tensor, L: int) -> torch.Tensor:
+    """``lengths [B]`` -> float mask ``[B, L]`` (1 on the first ``lengths[b]`` bins)."""
+    return (torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]).float()
+
+
+class DenoiserStep(nn.Module):
+    """One denoiser call ``(x [B, C, L], t [B], lengths [B], conditions?, behavior?) -> output [B, C, L]``."""
+
+    def __init__(self, denoiser: Denoiser, conv: str) -> None:
+        super().__init__()
+        self.denoiser = to_diagonal_s4(denoiser, conv)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor,
+        conditions: torch.Tensor | None = None, behavior: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        mask = valid_mask_from_lengths(lengths, x.shape[-1])
+        return self.denoiser(x, t, mask, conditions, behavior)
+
+
+class Decoder(nn.Module):
+    """Latents ``[B, C_latent, L]`` (unnormalised) -> rates ``[B, N, L]``."""
+
+    def __init__(self, autoencoder: Autoencoder) -> None:
+        super().__init__()
+        self.autoencoder = copy.deepcopy(autoencoder).eval().cpu()
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latents)
+
+
+class UnrolledSampler(nn.Module):
+    """A whole deterministic sampler, unrolled: ``(noise [B, C, L], lengths [B], conditions?, behavior?)`` ->
+    ``(latents [B, C, L], rates [B, N, L])``, both zero past each trial's length.
+
+    ``conditions [B, cond_dim]`` and ``behavior [B, B_ch, L]`` are inputs when the model has them;
+    classifier-free guidance with ``guidance_scale`` (fixed at export) mixes conditional and
+    unconditional predictions. S4 kernels are generated once per call and shared by all steps.
+    """
+
+    def __init__(
+        self, denoiser: Denoiser, autoencoder: Autoencoder, schedule: DiffusionSchedule,
+        latent_mean: torch.Tensor, latent_std: torch.Tensor, sampler: str, steps: int, conv: str,
+        guidance_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.sampler = make_sampler(sampler, copy.deepcopy(schedule))  # tracing fills its tables
+        if sampler.lower() == "ddpm":
+            raise ValueError("only deterministic samplers ('ddim', 'dpm++') can be exported")
+        self.sampler.set_timesteps(steps)
+        self.timesteps: list[int] = self.sampler.timesteps.tolist()
+        self.denoiser = to_diagonal_s4(denoiser, conv)
+        self.decoder = Decoder(autoencoder)
+        self.register_buffer("latent_mean", latent_mean.detach().float().cpu().clone())
+        self.register_buffer("latent_std", latent_std.detach().float().cpu().clone())
+        self.guidance_scale = float(guidance_scale)
+        self.layers = [m for m in self.denoiser.modules() if isinstance(m, DiagonalS4)]
+
+    def forward(
+        self, noise: torch.Tensor, lengths: torch.Tensor,
+        conditions: torch.Tensor | None = None, behavior: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        L = noise.shape[-1]
+        mask = valid_mask_from_lengths(lengths, L)
+        guided = conditions is not None or behavior is not None
+        for layer in self.layers:
+            layer.prepare(L)
+        self.sampler.reset()
+        x = noise
+        for t in self.timesteps:
+            t_batch = torch.full((noise.shape[0],), t, dtype=torch.long, device=noise.device)
+            out = self.denoiser(x, t_batch, mask, conditions, behavior)
+            if guided and self.guidance_scale != 1.0:
+                uncond = self.denoiser(x, t_batch, mask)
+                out = uncond + self.guidance_scale * (out - uncond)
+            x = self.sampler.step(out, t, x)
+        for layer in self.layers:
+            layer.prepare(None)
+        latents = (x * self.latent_std[:, None] + self.latent_mean[:, None]) * mask[:, None]
+        return latents, self.decoder(latents) * mask[:, None]
+

@@ -1,0 +1,162 @@
+"""Export a trained LDNS run to ONNX: the whole sampler, one denoiser step and the decoder.
+
+Each graph has dynamic batch and length axes and carries its metadata (``metadata_props``, JSON
+values): model config, bin width, neuron count, latent normalisation, sampler, convolution mode,
+input/output names and the onnxruntime session options it needs. Files are written atomically and
+checked against torch on example inputs before they are kept.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ldns_fast import __version__
+from ldns_fast.atomic import atomic_write
+from ldns_fast.pipeline import LDNS
+
+from .diagonal import ExportError
+from .modules import CONV_MODES, KERNEL_CHUNK, Decoder, DenoiserStep, UnrolledSampler
+
+FORMAT = "ldns_fast.onnx/1"
+# Longest trial (bins) for which conv="auto" picks the direct Toeplitz convolution over the FFT
+# (benchmarks/test_onnx_bench.py: direct is faster at 140 bins, the FFT long before 16k).
+DIRECT_MAX_LENGTH = 512
+# Relative error allowed between onnxruntime and torch on the export's example inputs.
+EXPORT_TOLERANCE = 1e-4
+SAMPLER_FILE, DENOISER_FILE, DECODER_FILE = "sampler.onnx", "denoiser.onnx", "decoder.onnx"
+
+
+@dataclass
+class ExportedFiles:
+    """Paths of the written graphs."""
+
+    sampler: Path
+    denoiser: Path
+    decoder: Path
+
+
+def choose_conv(conv: str, max_length: int) -> str:
+    """``"direct"`` or ``"fft"``; ``"auto"`` picks by the longest expected trial (see :data:`DIRECT_MAX_LENGTH`)."""
+    if conv == "auto":
+        return "direct" if max_length <= DIRECT_MAX_LENGTH else "fft"
+    if conv not in CONV_MODES:
+        raise ValueError(f"conv must be 'auto' or one of {CONV_MODES}, got {conv!r}")
+    return conv
+
+
+def export_onnx(
+    model: LDNS | str | Path, out_dir: str | Path, *, sampler: str = "ddim", steps: int = 20,
+    conv: str = "auto", max_length: int | None = None, guidance_scale: float = 1.0, overwrite: bool = False,
+) -> ExportedFiles:
+    """Write ``sampler.onnx``, ``denoiser.onnx`` and ``decoder.onnx`` for a trained run into ``out_dir``.
+
+    ``sampler``: ``"ddim"`` (eta 0) or ``"dpm++"`` with ``steps`` steps, unrolled. ``conv``: the S4
+    convolution in the graphs (``"direct"`` Toeplitz product, ``"fft"`` real DFTs, or ``"auto"`` by
+    ``max_length``, default the training length). ``guidance_scale`` is fixed into the sampler graph.
+    """
+    ldns = model if isinstance(model, LDNS) else LDNS.load(model)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    max_length = ldns.n_bins if max_length is None else max_length
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    conv = choose_conv(conv, max_length)
+    out_dir = Path(out_dir)
+    files = ExportedFiles(out_dir / SAMPLER_FILE, out_dir / DENOISER_FILE, out_dir / DECODER_FILE)
+    existing = [str(p) for p in asdict(files).values() if Path(p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (pass overwrite=True / --overwrite)")
+    c = ldns.config.denoiser
+    base = _metadata(ldns, conv)
+    example = _example_inputs(ldns)
+    cond = {n: example[n] for n, on in (("conditions", c.cond_dim), ("behavior", c.behavior_channels)) if on}
+
+    sampler_module = UnrolledSampler(
+        ldns.denoiser, ldns.autoencoder, ldns.schedule, ldns.latent_mean, ldns.latent_std,
+        sampler, steps, conv, guidance_scale,
+    )
+    _export(sampler_module, {"noise": example["noise"], "lengths": example["lengths"], **cond},
+            ["latents", "rates"], files.sampler,
+            {**base, "graph": "sampler", "sampler": sampler, "steps": steps, "guidance_scale": guidance_scale})
+    _export(DenoiserStep(ldns.denoiser, conv), {"x": example["noise"], "t": example["t"],
+            "lengths": example["lengths"], **cond}, ["output"], files.denoiser,
+            {**base, "graph": "denoiser", "prediction_type": ldns.schedule.prediction_type,
+             "alphas_cumprod": ldns.schedule.alphas_cumprod.tolist()})
+    _export(Decoder(ldns.autoencoder), {"latents": example["noise"]}, ["rates"], files.decoder,
+            {**base, "graph": "decoder"})
+    return files
+
+
+def _metadata(ldns: LDNS, conv: str) -> dict:
+    c = ldns.config
+    return {
+        "format": FORMAT, "ldns_fast_version": __version__, "config": asdict(c), "bin_width": ldns.bin_width,
+        "n_neurons": c.autoencoder.n_neurons, "latent_channels": c.denoiser.latent,
+        "training_length": ldns.n_bins, "cond_dim": c.denoiser.cond_dim,
+        "behavior_channels": c.denoiser.behavior_channels, "conv": conv,
+        "latent_mean": ldns.latent_mean.tolist(), "latent_std": ldns.latent_std.tolist(),
+        # onnxruntime re-uses DFT buffers across dynamic lengths wrongly: FFT graphs need reuse off.
+        "session_options": {"enable_mem_reuse": conv != "fft"},
+    }
+
+
+def _example_inputs(ldns: LDNS) -> dict[str, torch.Tensor]:
+    """Tracing inputs whose sizes are not special (batch 2, more than two kernel chunks, two lengths)."""
+    c = ldns.config.denoiser
+    B, L = 2, 2 * KERNEL_CHUNK + 37
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "noise": torch.randn(B, c.latent, L, generator=gen),
+        "t": torch.tensor([999, 500]).clamp_max(ldns.schedule.num_train_timesteps - 1),
+        "lengths": torch.tensor([L, L // 2]),
+        "conditions": torch.randn(B, max(c.cond_dim, 1), generator=gen),
+        "behavior": torch.randn(B, max(c.behavior_channels, 1), L, generator=gen),
+    }
+
+
+def _export(
+    module: nn.Module, inputs: dict[str, torch.Tensor], output_names: list[str], path: Path, metadata: dict,
+) -> None:
+    """Trace ``module(**inputs)`` with dynamic batch/length axes, check it in onnxruntime, write it atomically."""
+    batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
+    axes = {"t": {0: batch}, "lengths": {0: batch}, "conditions": {0: batch}}
+    shapes = {name: axes.get(name, {0: batch, 2: length}) for name in inputs}
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        expected = module(**inputs)
+        program = torch.onnx.export(
+            module, (), kwargs=inputs, input_names=list(inputs), output_names=output_names,
+            dynamic_shapes=shapes, dynamo=True, verbose=False,
+        )
+    for key, value in {**metadata, "inputs": list(inputs), "outputs": output_names}.items():
+        program.model.metadata_props[key] = json.dumps(value)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+
+    def write(tmp: str) -> None:
+        program.save(tmp)
+        _check_in_onnxruntime(tmp, inputs, expected, metadata)
+
+    atomic_write(path, write)
+
+
+def _check_in_onnxruntime(path: str, inputs: dict, expected: tuple[torch.Tensor, ...], metadata: dict) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_mem_reuse = metadata["session_options"]["enable_mem_reuse"]
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    for got, want in zip(outputs, expected):
+        want = want.numpy()
+        err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+        if not err <= EXPORT_TOLERANCE:
+            raise ExportError(f"{metadata['graph']} graph: onnxruntime differs from torch by {err:.2e} (relative)")

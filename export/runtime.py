@@ -1,0 +1,254 @@
+"""Run an exported LDNS sampler with onnxruntime and numpy only (no torch, no model code).
+
+:class:`OnnxSampler` reads the metadata inside ``sampler.onnx``, chooses execution providers
+(TensorRT, CUDA, then CPU, whichever this onnxruntime has), validates requests, groups trials of
+similar length into batches under a bin budget (so a one-hour recording and a thousand short trials
+both fit in memory), draws the initial noise per trial from a seeded numpy generator (results do not
+depend on the batching), draws Poisson spikes from the rates, and writes HDF5 incrementally.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+# Bins (trials x padded length) per onnxruntime call; activations scale with it.
+DEFAULT_MAX_BINS = 1 << 16
+FFT_MIN_BUCKET = 64
+
+
+@dataclass
+class SampleBatch:
+    """Trials ``index [k]`` (positions in the request) with ``latents [k, C, t]``, ``rates`` and ``spikes``
+    ``[k, N, t]`` (zero past each length) and ``lengths [k]``."""
+
+    index: np.ndarray
+    latents: np.ndarray
+    rates: np.ndarray
+    spikes: np.ndarray
+    lengths: np.ndarray
+
+
+class OnnxSampler:
+    """An exported ``sampler.onnx`` ready to generate trials.
+
+    Args:
+        path: the ONNX file written by ``python -m ldns_fast.export``.
+        providers: onnxruntime execution providers; default TensorRT/CUDA when available, then CPU.
+        threads: intra-op threads on CPU (default: onnxruntime's choice).
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such ONNX file")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        self.metadata = read_metadata(self.path)
+        if self.metadata.get("graph") != "sampler":
+            raise ValueError(f"{self.path} is a {self.metadata.get('graph')!r} graph, not an exported sampler")
+        options.enable_mem_reuse = bool(self.metadata["session_options"]["enable_mem_reuse"])
+        available = ort.get_available_providers()
+        if providers is None:
+            preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+            providers = [p for p in preferred if p in available]
+        self.session = ort.InferenceSession(str(self.path), options, providers=list(providers))
+        self.on_gpu = self.session.get_providers()[0] != "CPUExecutionProvider"
+        m = self.metadata
+        self.n_neurons, self.latent_channels = int(m["n_neurons"]), int(m["latent_channels"])
+        self.cond_dim, self.behavior_channels = int(m["cond_dim"]), int(m["behavior_channels"])
+        self.bin_width, self.conv = float(m["bin_width"]), m["conv"]
+
+    def sample(
+        self, n: int | None = None, length: int | None = None, lengths: Sequence[int] | None = None,
+        conditions: np.ndarray | None = None, behavior: np.ndarray | None = None, seed: int | None = None,
+        max_bins: int = DEFAULT_MAX_BINS, noise: Sequence[np.ndarray] | None = None,
+    ) -> SampleBatch:
+        """Generate trials in memory (see :meth:`batches` for the arguments); arrays padded to the longest."""
+        parts = list(self.batches(n, length, lengths, conditions, behavior, seed, max_bins, noise))
+        lengths_all = np.concatenate([p.lengths for p in parts])
+        order = np.argsort(np.concatenate([p.index for p in parts]))
+        T = int(lengths_all.max())
+
+        def gather(name: str) -> np.ndarray:
+            arrays = [getattr(p, name) for p in parts]
+            padded = [np.pad(a, ((0, 0), (0, 0), (0, T - a.shape[-1]))) for a in arrays]
+            return np.concatenate(padded)[order]
+
+        return SampleBatch(np.arange(len(order)), gather("latents"), gather("rates"), gather("spikes"),
+                           lengths_all[order])
+
+    def batches(
+        self, n: int | None = None, length: int | None = None, lengths: Sequence[int] | None = None,
+        conditions: np.ndarray | None = None, behavior: np.ndarray | None = None, seed: int | None = None,
+        max_bins: int = DEFAULT_MAX_BINS, noise: Sequence[np.ndarray] | None = None,
+    ) -> Iterator[SampleBatch]:
+        """Yield generated batches of similar-length trials.
+
+        Either ``n`` trials of ``length`` bins (default: the training length) or per-trial ``lengths``.
+        ``conditions [n, cond_dim]`` and ``behavior [n, B, >= length]`` for a conditional model.
+        ``seed`` seeds the initial noise (``noise``: explicit per-trial ``[C, length_i]`` arrays instead)
+        and the Poisson spikes. ``max_bins`` bounds trials x padded length per call.
+        """
+        lengths = self._lengths(n, length, lengths)
+        conditions, behavior = self._conditions(len(lengths), int(lengths.max()), conditions, behavior)
+        if isinstance(max_bins, bool) or not isinstance(max_bins, int) or max_bins < 1:
+            raise ValueError(f"max_bins must be a positive integer, got {max_bins!r}")
+        rng = np.random.default_rng(seed)
+        if noise is None:
+            noise = [rng.standard_normal((self.latent_channels, int(t)), dtype=np.float32) for t in lengths]
+        else:
+            noise = self._check_noise(noise, lengths)
+        for index in self._plan(lengths, max_bins):
+            L = self._padded_length(int(lengths[index].max()))
+            feed = {"noise": np.stack([np.pad(noise[i], ((0, 0), (0, L - noise[i].shape[1]))) for i in index]),
+                    "lengths": lengths[index].astype(np.int64)}
+            if conditions is not None:
+                feed["conditions"] = conditions[index]
+            if self.behavior_channels:
+                b = np.zeros((len(index), self.behavior_channels, L), np.float32)
+                if behavior is not None:
+                    t = min(L, behavior.shape[2])
+                    b[:, :, :t] = behavior[index, :, :t]
+                feed["behavior"] = b
+            latents, rates = self._run(feed)
+            t = int(lengths[index].max())
+            latents, rates = latents[..., :t], rates[..., :t]
+            spikes = rng.poisson(rates).astype(np.uint16)
+            yield SampleBatch(index, latents, rates, spikes, lengths[index])
+
+    def sample_to_hdf5(
+        self, path: str | os.PathLike, n: int | None = None, length: int | None = None,
+        lengths: Sequence[int] | None = None, conditions: np.ndarray | None = None,
+        behavior: np.ndarray | None = None, seed: int | None = None, max_bins: int = DEFAULT_MAX_BINS,
+        overwrite: bool = False, progress: bool = False,
+    ) -> Path:
+        """Generate trials batch by batch into a dataset file (``docs/data_format.md``), atomically."""
+        from ldns_fast.data.hdf5 import DatasetWriter
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        lengths = self._lengths(n, length, lengths)
+        description = f"ldns_fast ONNX samples from {self.path.name}: {self.metadata['sampler']}-" \
+                      f"{self.metadata['steps']}, seed {seed}"
+        writer = DatasetWriter(path, len(lengths), int(lengths.max()), self.n_neurons, self.latent_channels,
+                               self.bin_width, description)
+        done = 0
+        with writer:
+            for part in self.batches(None, None, lengths, conditions, behavior, seed, max_bins):
+                writer.write(np.sort(part.index), *(_file_layout(a[np.argsort(part.index)])
+                                                    for a in (part.spikes, part.rates, part.latents)),
+                             part.lengths[np.argsort(part.index)])
+                done += len(part.index)
+                if progress:
+                    print(f"\r{done}/{len(lengths)} trials", end="", flush=True)
+        if progress:
+            print()
+        return path
+
+    # ------------------------------------------------------------------------------------- helpers
+
+    def _run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if not self.on_gpu:
+            return tuple(self.session.run(["latents", "rates"], feed))
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in ("latents", "rates"):
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return tuple(binding.copy_outputs_to_cpu())
+
+    def _padded_length(self, L: int) -> int:
+        """FFT graphs: the next power of two (onnxruntime's fast DFT); direct graphs: ``L``."""
+        return max(FFT_MIN_BUCKET, 1 << (L - 1).bit_length()) if self.conv == "fft" else L
+
+    def _plan(self, lengths: np.ndarray, max_bins: int) -> Iterator[np.ndarray]:
+        """Trial indices grouped by padded length (longest first), at most ``max_bins`` bins per group."""
+        order = np.argsort(-lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            L = self._padded_length(int(lengths[order[start]]))
+            size = max(1, max_bins // L)
+            group = order[start : start + size]
+            yield group
+            start += len(group)
+
+    def _lengths(self, n: int | None, length: int | None, lengths: Sequence[int] | None) -> np.ndarray:
+        if lengths is None:
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise ValueError(f"n must be a positive number of trials, got {n!r}")
+            length = int(self.metadata["training_length"]) if length is None else length
+            lengths = [length] * int(n)
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or lengths.size == 0 or not np.issubdtype(lengths.dtype, np.integer) \
+                or lengths.min() < 1:
+            raise ValueError(f"lengths must be positive integers, one per trial, got {lengths.tolist()[:10]}")
+        if n is not None and len(lengths) != n:
+            raise ValueError(f"n={n} does not match {len(lengths)} lengths")
+        return lengths.astype(np.int64)
+
+    def _conditions(
+        self, n: int, T: int, conditions: np.ndarray | None, behavior: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self.cond_dim:
+            if conditions is None:
+                raise ValueError(f"this sampler is conditional: give conditions [n, {self.cond_dim}]")
+            conditions = np.asarray(conditions, dtype=np.float32)
+            if conditions.shape != (n, self.cond_dim):
+                raise ValueError(f"conditions must have shape [n, cond_dim] = [{n}, {self.cond_dim}], "
+                                 f"got {list(conditions.shape)}")
+        elif conditions is not None:
+            raise ValueError("this sampler takes no conditions (the model was trained without them)")
+        if behavior is not None:
+            if not self.behavior_channels:
+                raise ValueError("this sampler takes no behavior (the model was trained without it)")
+            behavior = np.asarray(behavior, dtype=np.float32)
+            if behavior.ndim != 3 or behavior.shape[:2] != (n, self.behavior_channels) or behavior.shape[2] < T:
+                raise ValueError(f"behavior must have shape [n, B, T] = [{n}, {self.behavior_channels}, >= {T}], "
+                                 f"got {list(behavior.shape)}")
+        for name, value in (("conditions", conditions), ("behavior", behavior)):
+            if value is not None and not np.isfinite(value).all():
+                raise ValueError(f"{name} contain NaN or infinite values")
+        return conditions, behavior
+
+    def _check_noise(self, noise: Sequence[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]:
+        if len(noise) != len(lengths):
+            raise ValueError(f"noise must hold one array per trial ({len(lengths)}), got {len(noise)}")
+        checked = []
+        for i, (z, t) in enumerate(zip(noise, lengths)):
+            z = np.asarray(z, dtype=np.float32)
+            if z.shape != (self.latent_channels, int(t)) or not np.isfinite(z).all():
+                raise ValueError(f"noise[{i}] must be finite with shape [{self.latent_channels}, {int(t)}], "
+                                 f"got {list(z.shape)}")
+            checked.append(z)
+        return checked
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``ldns_fast`` metadata of an exported ONNX file (JSON values decoded), read by onnxruntime."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable files
+        raise ValueError(f"{path}: not a readable ONNX file ({err})") from err
+    props = session.get_modelmeta().custom_metadata_map
+    if not props.get("format", "").startswith('"ldns_fast.onnx/'):
+        raise ValueError(f"{path} has no ldns_fast metadata: export it with python -m ldns_fast.export")
+    return {k: json.loads(v) for k, v in props.items()}
+
+
+def _file_layout(x: np.ndarray) -> np.ndarray:
+    """``[k, channels, t]`` -> ``[k, t, channels]`` (the dataset file layout)."""
+    return np.ascontiguousarray(np.swapaxes(x, 1, 2))

@@ -1,0 +1,304 @@
+"""ONNX export (:mod:`ldns_fast.export`): parity of onnxruntime with torch, metadata, the torch-free
+runtime :class:`OnnxSampler`, and errors.
+
+Models have random weights perturbed away from their zero-initialised gates, so every S4 layer shapes
+the output. Tolerance: relative error (norm over the valid bins) <= 1e-4 against torch in float32.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from ldns_fast.config import merge, preset  # noqa: E402
+from ldns_fast.data import read_dataset, valid_mask  # noqa: E402
+from ldns_fast.diffusion import make_sampler, sample  # noqa: E402
+from ldns_fast.export import ExportError, OnnxSampler, export_onnx, read_metadata  # noqa: E402
+from ldns_fast.export.diagonal import diagonal_form  # noqa: E402
+from ldns_fast.export.modules import KERNEL_CHUNK, DiagonalS4  # noqa: E402
+from ldns_fast.models import Autoencoder, Denoiser  # noqa: E402
+from ldns_fast.pipeline import LDNS  # noqa: E402
+from ldns_fast.ssm import S4  # noqa: E402
+
+TOL = 1e-4
+STEPS = 3
+
+
+def random_model(mode: str, cond_dim: int = 0, behavior_channels: int = 0, seed: int = 0) -> LDNS:
+    torch.manual_seed(seed)
+    config = merge(preset("cpu"), {
+        "autoencoder": {"n_neurons": 12, "hidden": 16, "latent": 4, "n_blocks": 1, "d_state": 8, "ssm_mode": mode},
+        "denoiser": {"latent": 4, "hidden": 16, "n_blocks": 2, "d_state": 8, "ssm_mode": mode,
+                     "cond_dim": cond_dim, "behavior_channels": behavior_channels},
+    })
+    autoencoder, denoiser = Autoencoder(config.autoencoder), Denoiser(config.denoiser)
+    with torch.no_grad():
+        for p in denoiser.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return LDNS(config, autoencoder, denoiser, torch.randn(4), torch.rand(4) + 0.5, bin_width=0.01, n_bins=24)
+
+
+@pytest.fixture(scope="module")
+def unconditional(tmp_path_factory) -> tuple[LDNS, Path]:
+    model = random_model("diag")
+    out = tmp_path_factory.mktemp("onnx-diag")
+    export_onnx(model, out, sampler="ddim", steps=STEPS, conv="direct")
+    return model, out
+
+
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory) -> tuple[LDNS, Path]:
+    model = random_model("dplr", cond_dim=2, behavior_channels=3, seed=1)
+    out = tmp_path_factory.mktemp("onnx-dplr")
+    export_onnx(model, out, sampler="dpm++", steps=STEPS, conv="fft", guidance_scale=2.0)
+    return model, out
+
+
+def torch_reference(model: LDNS, noise: torch.Tensor, lengths: torch.Tensor, sampler: str, scale: float = 1.0,
+                    conditions: torch.Tensor | None = None, behavior: torch.Tensor | None = None):
+    """What :meth:`LDNS.sample` computes from ``noise`` (latents and rates, zero past each length)."""
+    mask = valid_mask(lengths, noise.shape[-1])
+    model_fn = model._guided(mask, conditions, behavior, scale)
+    with torch.no_grad():
+        z = sample(model_fn, noise.shape, make_sampler(sampler, model.schedule), STEPS, initial_noise=noise)
+        latents = (z * model.latent_std[:, None] + model.latent_mean[:, None]) * mask[:, None]
+        return latents.numpy(), (model.decode(latents) * mask[:, None]).numpy()
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def run_session(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_mem_reuse = read_metadata(path)["session_options"]["enable_mem_reuse"]
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+# ------------------------------------------------------------------------------- diagonal form
+
+
+@pytest.mark.parametrize("mode", ["diag", "dplr"])
+def test_diagonal_s4_reproduces_the_layer_at_any_length(mode: str) -> None:
+    torch.manual_seed(3)
+    layer = S4(6, 16, mode=mode, bidirectional=True, backend="torch")
+    with torch.no_grad():
+        for p in layer.kernel.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    exported = DiagonalS4(layer, "fft")
+    for L in (1, 37, KERNEL_CHUNK, 3 * KERNEL_CHUNK + 5):
+        with torch.no_grad():
+            want = layer.double().kernel(L).float()
+            layer.float()
+            got = exported.kernel(L)
+        assert got.shape == want.shape
+        assert relative_error(got.numpy(), want.numpy()) < 1e-5, L
+        u = torch.randn(2, 6, L)
+        with torch.no_grad():
+            assert relative_error(exported(u).numpy(), layer(u).numpy()) < 1e-5
+
+
+def test_diagonal_form_refuses_an_inexact_decomposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ldns_fast.export.diagonal as diagonal
+
+    layer = S4(4, 8, mode="dplr", bidirectional=True, backend="torch")
+    assert diagonal_form(layer.kernel).w.shape == (2, 4, 8)  # all N eigenvalues of the full system
+    monkeypatch.setattr(diagonal, "DIAGONAL_FORM_TOLERANCE", 0.0)
+    with pytest.raises(ExportError, match="too ill-conditioned"):
+        diagonal_form(layer.kernel)
+
+
+# ------------------------------------------------------------------------------ graph parity
+
+
+@pytest.mark.parametrize("lengths", [[24, 24], [7], [100, 1, 63, 40, 100], [300, 299, 5]])
+def test_sampler_graph_matches_torch_for_unseen_batches_and_lengths(unconditional, lengths: list[int]) -> None:
+    model, out = unconditional
+    lengths = torch.tensor(lengths)
+    noise = torch.randn(len(lengths), 4, int(lengths.max()), generator=torch.Generator().manual_seed(len(lengths)))
+    want_latents, want_rates = torch_reference(model, noise, lengths, "ddim")
+    latents, rates = run_session(out / "sampler.onnx", {"noise": noise.numpy(), "lengths": lengths.numpy()})
+    assert relative_error(latents, want_latents) < TOL and relative_error(rates, want_rates) < TOL
+    for i, length in enumerate(lengths.tolist()):
+        assert not latents[i, :, length:].any() and not rates[i, :, length:].any()
+
+
+@pytest.mark.parametrize("lengths", [[24, 9], [130, 64, 1]])
+def test_conditional_dplr_fft_sampler_with_guidance_matches_torch(conditional, lengths: list[int]) -> None:
+    model, out = conditional
+    gen = torch.Generator().manual_seed(5)
+    lengths = torch.tensor(lengths)
+    B, T = len(lengths), int(lengths.max())
+    noise, cond, behavior = torch.randn(B, 4, T, generator=gen), torch.randn(B, 2, generator=gen), \
+        torch.randn(B, 3, T, generator=gen)
+    want = torch_reference(model, noise, lengths, "dpm++", 2.0, cond, behavior)
+    got = run_session(out / "sampler.onnx", {"noise": noise.numpy(), "lengths": lengths.numpy(),
+                                             "conditions": cond.numpy(), "behavior": behavior.numpy()})
+    assert relative_error(got[0], want[0]) < TOL and relative_error(got[1], want[1]) < TOL
+
+
+def test_denoiser_and_decoder_graphs_match_torch(conditional) -> None:
+    model, out = conditional
+    gen = torch.Generator().manual_seed(6)
+    x, cond, behavior = torch.randn(3, 4, 50, generator=gen), torch.randn(3, 2, generator=gen), \
+        torch.randn(3, 3, 50, generator=gen)
+    t, lengths = torch.tensor([999, 10, 400]), torch.tensor([50, 20, 33])
+    with torch.no_grad():
+        want = model.denoiser(x, t, valid_mask(lengths, 50), cond, behavior).numpy()
+        want_rates = model.decode(x).numpy()
+    got = run_session(out / "denoiser.onnx", {"x": x.numpy(), "t": t.numpy(), "lengths": lengths.numpy(),
+                                              "conditions": cond.numpy(), "behavior": behavior.numpy()})[0]
+    assert relative_error(got, want) < TOL
+    assert relative_error(run_session(out / "decoder.onnx", {"latents": x.numpy()})[0], want_rates) < TOL
+
+
+def test_metadata_describes_the_model(unconditional) -> None:
+    model, out = unconditional
+    meta = read_metadata(out / "sampler.onnx")
+    assert meta["graph"] == "sampler" and (meta["sampler"], meta["steps"], meta["conv"]) == ("ddim", STEPS, "direct")
+    assert meta["bin_width"] == model.bin_width and meta["n_neurons"] == 12 and meta["latent_channels"] == 4
+    assert np.allclose(meta["latent_mean"], model.latent_mean.numpy())
+    assert np.allclose(meta["latent_std"], model.latent_std.numpy())
+    assert meta["config"]["denoiser"]["hidden"] == 16 and meta["inputs"] == ["noise", "lengths"]
+    assert read_metadata(out / "denoiser.onnx")["alphas_cumprod"][0] == pytest.approx(model.schedule.alpha_bar(0))
+
+
+# -------------------------------------------------------------------------- runtimes without torch
+
+
+def test_exported_file_runs_in_a_process_without_ldns_fast_or_torch(unconditional, tmp_path: Path) -> None:
+    model, out = unconditional
+    lengths = torch.tensor([40, 13])
+    noise = torch.randn(2, 4, 40, generator=torch.Generator().manual_seed(9))
+    np.save(tmp_path / "noise.npy", noise.numpy())
+    script = f"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+path = {str(out / 'sampler.onnx')!r}
+probe = ort.SessionOptions()
+probe.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+meta = ort.InferenceSession(path, probe).get_modelmeta().custom_metadata_map
+options = ort.SessionOptions()
+options.enable_mem_reuse = json.loads(meta["session_options"])["enable_mem_reuse"]
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+latents, rates = session.run(None, {{"noise": np.load({str(tmp_path / 'noise.npy')!r}),
+                                     "lengths": np.array([40, 13], dtype=np.int64)}})
+np.save({str(tmp_path / 'rates.npy')!r}, rates)
+assert not [m for m in sys.modules if m == "torch" or m.startswith("ldns_fast")], "imported torch or ldns_fast"
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    _, want_rates = torch_reference(model, noise, lengths, "ddim")
+    assert relative_error(np.load(tmp_path / "rates.npy"), want_rates) < TOL
+
+
+def test_onnx_sampler_needs_no_torch_and_writes_the_dataset_format(unconditional, tmp_path: Path) -> None:
+    _, out = unconditional
+    script = f"""
+import sys
+from ldns_fast.export import OnnxSampler
+sampler = OnnxSampler({str(out / 'sampler.onnx')!r})
+sampler.sample_to_hdf5({str(tmp_path / 's.h5')!r}, lengths=[30, 5, 18], seed=3, max_bins=40)
+assert "torch" not in sys.modules, "OnnxSampler imported torch"
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    data = read_dataset(tmp_path / "s.h5")
+    assert data.spikes.shape == (3, 30, 12) and data.lengths.tolist() == [30, 5, 18] and data.bin_width == 0.01
+    expected = OnnxSampler(out / "sampler.onnx").sample(lengths=[30, 5, 18], seed=3)
+    assert np.array_equal(data.spikes, expected.spikes.transpose(0, 2, 1))
+    assert np.allclose(data.latents, expected.latents.transpose(0, 2, 1))
+
+
+def test_onnx_sampler_results_do_not_depend_on_batching(unconditional) -> None:
+    _, out = unconditional
+    sampler = OnnxSampler(out / "sampler.onnx")
+    lengths = [50, 3, 24, 24, 61, 10]
+    one_call = sampler.sample(lengths=lengths, seed=11, max_bins=10_000)
+    many_calls = sampler.sample(lengths=lengths, seed=11, max_bins=60)
+    assert np.allclose(one_call.latents, many_calls.latents, rtol=1e-5, atol=1e-6)
+    assert one_call.latents.shape == (6, 4, 61) and one_call.lengths.tolist() == lengths
+    for i, length in enumerate(lengths):
+        assert not one_call.spikes[i, :, length:].any()
+    assert not np.array_equal(sampler.sample(lengths=lengths, seed=12).latents, one_call.latents)
+
+
+def test_onnx_sampler_long_recording_in_bounded_batches(conditional) -> None:
+    _, out = conditional
+    sampler = OnnxSampler(out / "sampler.onnx")
+    assert sampler.conv == "fft"
+    T = 3000
+    cond, behavior = np.zeros((1, 2), np.float32), np.zeros((1, 3, T), np.float32)
+    (batch,) = list(sampler.batches(lengths=[T], conditions=cond, behavior=behavior, seed=0, max_bins=1))
+    assert batch.latents.shape == (1, 4, T) and np.isfinite(batch.rates).all() and batch.rates.min() >= 0
+
+
+def test_onnx_sampler_rejects_bad_requests(unconditional, conditional, tmp_path: Path) -> None:
+    _, plain = unconditional
+    _, cond_dir = conditional
+    sampler, conditional_sampler = OnnxSampler(plain / "sampler.onnx"), OnnxSampler(cond_dir / "sampler.onnx")
+    with pytest.raises(ValueError, match="lengths must be positive integers"):
+        sampler.sample(lengths=[4, 0])
+    with pytest.raises(ValueError, match="n must be a positive number"):
+        sampler.sample(0)
+    with pytest.raises(ValueError, match="takes no conditions"):
+        sampler.sample(2, conditions=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"give conditions \[n, 2\]"):
+        conditional_sampler.sample(2)
+    with pytest.raises(ValueError, match=r"conditions must have shape \[n, cond_dim\] = \[2, 2\]"):
+        conditional_sampler.sample(2, conditions=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="conditions contain NaN"):
+        conditional_sampler.sample(2, conditions=np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match=r"behavior must have shape \[n, B, T\]"):
+        conditional_sampler.sample(2, conditions=np.zeros((2, 2)), behavior=np.zeros((2, 3, 5)))
+    with pytest.raises(ValueError, match=r"noise\[1\] must be finite with shape \[4, 3\]"):
+        sampler.sample(lengths=[2, 3], noise=[np.zeros((4, 2)), np.zeros((4, 2))])
+    with pytest.raises(ValueError, match="not an exported sampler"):
+        OnnxSampler(plain / "decoder.onnx")
+    with pytest.raises(FileNotFoundError):
+        OnnxSampler(tmp_path / "missing.onnx")
+    (tmp_path / "exists.h5").write_bytes(b"keep me")
+    with pytest.raises(FileExistsError):
+        sampler.sample_to_hdf5(tmp_path / "exists.h5", 2)
+    assert (tmp_path / "exists.h5").read_bytes() == b"keep me"
+
+
+def test_export_refuses_stochastic_samplers_and_existing_files(unconditional, tmp_path: Path) -> None:
+    model, out = unconditional
+    with pytest.raises(ValueError, match="only deterministic samplers"):
+        export_onnx(model, tmp_path, sampler="ddpm", steps=2)
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        export_onnx(model, out, steps=2)
+    with pytest.raises(ValueError, match="conv must be"):
+        export_onnx(model, tmp_path, conv="wavelet")
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_cli_on_a_trained_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ldns_fast.export.__main__ import main as export_main
+    from ldns_fast.train import main as train_main
+
+    monkeypatch.setenv("LDNS_FAST_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert train_main(["--out", str(run), "--set", "data.lorenz.n_trials=40", "--set", "data.lorenz.n_bins=16",
+                       "--set", "data.lorenz.n_neurons=8", "--set", "autoencoder.hidden=8",
+                       "--set", "autoencoder.d_state=4", "--set", "autoencoder.latent=4", "--set", "denoiser.hidden=8",
+                       "--set", "denoiser.d_state=4", "--ae-epochs", "1", "--diffusion-epochs", "1",
+                       "--no-progress"]) == 0
+    assert export_main([str(run), "--steps", "2", "--sampler", "dpm++"]) == 0
+    meta = read_metadata(run / "onnx" / "sampler.onnx")
+    assert (meta["conv"], meta["training_length"], meta["n_neurons"]) == ("direct", 16, 8)
+    assert json.loads(json.dumps(meta["config"])) == meta["config"]
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        export_main([str(run), "--steps", "2"])
+    with pytest.raises(SystemExit, match="error: "):
+        export_main([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
