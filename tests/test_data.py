@@ -18,6 +18,7 @@ import torch
 import ldns_fast.data.lorenz as lorenz_module
 from ldns_fast.data import (
     DataFormatError,
+    DatasetWriter,
     LorenzConfig,
     SpikeData,
     SpikeDataset,
@@ -469,3 +470,43 @@ def test_variable_length_lorenz_keeps_every_trial_with_zero_padding(tmp_path: Pa
     assert np.array_equal(simulate_lorenz(replace(config, min_bins=None)).spikes[:, :8], sample.spikes[:, :8])
     with pytest.raises(ValueError, match="min_bins"):
         LorenzConfig(n_bins=10, min_bins=11)
+
+
+# ---------------------------------------------------------------- streaming writer
+
+
+def _batch(rng: np.random.Generator, lengths: list[int], T: int, N: int = 3, C: int = 2) -> dict[str, np.ndarray]:
+    spikes = rng.poisson(1.0, (len(lengths), T, N))
+    rates, latents = rng.random((len(lengths), T, N)), rng.normal(size=(len(lengths), T, C))
+    for i, t in enumerate(lengths):
+        spikes[i, t:], rates[i, t:], latents[i, t:] = 0, 0, 0
+    return dict(spikes=spikes, rates=rates, latents=latents, lengths=np.array(lengths))
+
+
+def test_dataset_writer_stores_batches_in_any_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    first, second = _batch(rng, [6, 2], 6), _batch(rng, [4], 4)
+    with DatasetWriter(tmp_path / "s.h5", 3, 6, 3, 2, bin_width=0.02, description="stream") as writer:
+        writer.write(np.array([2, 0]), **first)
+        writer.write(np.array([1]), **second)
+    data = read_dataset(tmp_path / "s.h5")
+    assert data.lengths.tolist() == [2, 4, 6] and data.bin_width == 0.02 and data.description == "stream"
+    assert np.array_equal(data.spikes[2], first["spikes"][0]) and np.array_equal(data.spikes[0], first["spikes"][1])
+    assert np.array_equal(data.spikes[1, :4], second["spikes"][0]) and not data.spikes[1, 4:].any()
+    assert np.allclose(data.latents[1, :4], second["latents"][0])
+
+
+def test_dataset_writer_leaves_no_file_when_trials_are_missing_or_invalid(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    with pytest.raises(DataFormatError, match="1 of 2 trials were never written"):
+        with DatasetWriter(tmp_path / "a.h5", 2, 5, 3, 2, bin_width=0.01) as writer:
+            writer.write(np.array([0]), **_batch(rng, [5], 5))
+    bad = _batch(rng, [5], 5)
+    bad["spikes"][0, 0, 0] = -1
+    with pytest.raises(DataFormatError, match="spikes"):
+        with DatasetWriter(tmp_path / "b.h5", 1, 5, 3, 2, bin_width=0.01) as writer:
+            writer.write(np.array([0]), **bad)
+    with pytest.raises(ValueError, match="index must hold 1 trial numbers"):
+        with DatasetWriter(tmp_path / "c.h5", 1, 5, 3, 2, bin_width=0.01) as writer:
+            writer.write(np.array([3]), **_batch(rng, [5], 5))
+    assert list(tmp_path.iterdir()) == []
