@@ -64,10 +64,37 @@ def device() -> torch.device:
 
 def run_benchmark(benchmark, fn: Callable[[], object], rounds: int) -> float:
     """Time ``fn`` with pytest-benchmark (synchronised on CUDA); return the median seconds."""
+    return run_benchmark_with_setup(benchmark, fn, rounds, None)
+
+
+def run_benchmark_with_setup(
+    benchmark, fn: Callable[[], object], rounds: int, setup: Callable[[], None] | None
+) -> float:
+    """:func:`run_benchmark` with an untimed ``setup()`` before every round (warm-up included)."""
 
     def call() -> None:
         fn()
         sync()
 
-    benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(call, setup=setup, rounds=rounds, warmup_rounds=1, iterations=1)
     return benchmark.stats.stats.median
+
+
+def run_paired_benchmark(
+    benchmark, fn: Callable[[], object], baseline: Callable[[], object], rounds: int
+) -> tuple[float, float]:
+    """Time ``fn`` with pytest-benchmark, running ``baseline`` (timed here) before each round.
+
+    Returns the medians ``(fn, baseline)``: taken over the same interleaved period, so their ratio holds
+    on a machine whose speed drifts (shared CPUs) better than medians from separate periods.
+    """
+    baseline_times: list[float] = []
+
+    def run_baseline() -> None:
+        t0 = time.perf_counter()
+        baseline()
+        sync()
+        baseline_times.append(time.perf_counter() - t0)
+
+    median = run_benchmark_with_setup(benchmark, fn, rounds, run_baseline)
+    return median, statistics.median(baseline_times[-rounds:])

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import sys
 
-RATIO_KEYS = ("speedup_vs_naive", "memory_ratio", "speedup_vs_ddpm1000", "speedup_vs_eager")
+RATIO_KEYS = (
+    "speedup_vs_naive", "memory_ratio", "speedup_vs_ddpm1000", "speedup_vs_eager", "speedup_vs_torch_eager",
+    "speedup_vs_unfused", "speedup_vs_recompute",
+)
 
 
 def rows(report: dict) -> list[str]:

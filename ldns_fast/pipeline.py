@@ -6,14 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ldns_fast.checkpoint import CheckpointError, load_checkpoint
 from ldns_fast.config import RunConfig, from_dict
 from ldns_fast.data import SpikeData, valid_mask
 from ldns_fast.diffusion import DiffusionSchedule, make_sampler, sample as run_sampler
+from ldns_fast.diffusion.samplers import ModelFn
 from ldns_fast.models import Autoencoder, Denoiser
 from ldns_fast.spike_history import SpikeHistoryConfig, SpikeHistoryModel
+from ldns_fast.ssm import skip_finite_check
 from ldns_fast.training.stages import AUTOENCODER_FILE, DIFFUSION_FILE, SPIKE_HISTORY_FILE
+
+# Compiled sampling runs the denoiser on lengths padded up to a multiple of this, so trials of
+# different lengths share one compiled graph (and one CUDA graph per bucket).
+LENGTH_BUCKET = 64
 
 
 @dataclass
@@ -53,6 +60,7 @@ class LDNS:
         self.schedule = DiffusionSchedule(config.schedule)
         self.latent_mean, self.latent_std = latent_mean, latent_std
         self.bin_width, self.n_bins = bin_width, n_bins
+        self._compiled_denoiser: tuple[Denoiser, torch.nn.Module] | None = None  # (source, compiled)
 
     @property
     def device(self) -> torch.device:
@@ -109,7 +117,8 @@ class LDNS:
         self, n: int, length: int | None = None, lengths: list[int] | torch.Tensor | None = None,
         sampler: str = "ddim", steps: int = 20, seed: int | None = None, batch_size: int = 256,
         progress: bool = False, spike_history: bool = False, conditions: torch.Tensor | None = None,
-        behavior: torch.Tensor | None = None, guidance_scale: float = 1.0, **sampler_kwargs,
+        behavior: torch.Tensor | None = None, guidance_scale: float = 1.0, compile: bool = False,
+        **sampler_kwargs,
     ) -> Samples:
         """Generate ``n`` trials of ``length`` bins (default: the training length) or per-trial ``lengths``.
 
@@ -119,6 +128,13 @@ class LDNS:
         ``conditions [n, cond_dim]`` and/or ``behavior [n, B, T]``; ``guidance_scale`` w mixes the
         conditional and unconditional predictions as ``uncond + w (cond - uncond)`` (classifier-free
         guidance: 0 is unconditional, 1 conditional only).
+
+        ``compile=True`` runs the denoiser through ``torch.compile`` (``mode="reduce-overhead"``, i.e.
+        CUDA graphs, on CUDA; the default mode on CPU). Each denoiser call then sees its batch padded to
+        ``min(n, batch_size)`` trials and its length to a multiple of :data:`LENGTH_BUCKET`, with the
+        padding masked out, so calls share compiled graphs; the sampler itself (and its random draws)
+        runs at the true shape, so the samples equal the uncompiled ones up to float rounding. The first
+        call per shape compiles (seconds on CPU). S4 kernels are cached per length either way.
         """
         if spike_history and self.spike_history is None:
             raise ValueError("this run has no spike-history model; train it with --spike-history")
@@ -136,20 +152,31 @@ class LDNS:
         else:
             gen.manual_seed(seed)
         schedule_sampler = make_sampler(sampler, self.schedule, **sampler_kwargs)
+        rows = min(n, batch_size)  # the one batch size compiled calls see
         parts = []
         for start in range(0, n, batch_size):
             part_lengths = lengths[start : start + batch_size]
-            T = int(part_lengths.max())
+            B, T = len(part_lengths), int(part_lengths.max())
             mask = valid_mask(part_lengths, T).to(self.device)
             part = slice(start, start + batch_size)
-            model_fn = self._guided(
-                mask, None if conditions is None else conditions[part],
-                None if behavior is None else behavior[part, :, :T], guidance_scale,
-            )
-            z = run_sampler(
-                model_fn, (len(part_lengths), self.config.denoiser.latent, T),
-                schedule_sampler, steps, generator=gen, device=self.device, progress=progress,
-            )
+            cond = None if conditions is None else conditions[part]
+            beh = None if behavior is None else behavior[part, :, :T]
+            if compile:
+                padded_T = -(-T // LENGTH_BUCKET) * LENGTH_BUCKET
+                guided = self._guided(
+                    _pad(mask, rows, padded_T), _pad(cond, rows), _pad(beh, rows, padded_T), guidance_scale,
+                    self._compiled(), self.denoiser.kernel_spectra(padded_T),
+                )
+                model_fn = _cropped(guided, rows, padded_T, B, T)
+            else:
+                model_fn = self._guided(mask, cond, beh, guidance_scale)
+            with skip_finite_check():  # inputs: seeded noise and validated conditions; output checked below
+                z = run_sampler(
+                    model_fn, (B, self.config.denoiser.latent, T),
+                    schedule_sampler, steps, generator=gen, device=self.device, progress=progress,
+                )
+            if not bool(torch.isfinite(z).all()):
+                raise ValueError("the denoiser produced NaN or infinite latents; check the model weights")
             latents = (z * self.latent_std[:, None] + self.latent_mean[:, None]) * mask[:, None]
             rates = self.decode(latents) * mask[:, None]
             if spike_history:
@@ -192,21 +219,79 @@ class LDNS:
                 raise ValueError(f"{name} contain NaN or infinite values")
         return conditions, behavior
 
+    def _compiled(self) -> torch.nn.Module:
+        """``self.denoiser`` under ``torch.compile`` (made once per denoiser; CUDA graphs on CUDA)."""
+        if self._compiled_denoiser is None or self._compiled_denoiser[0] is not self.denoiser:
+            self._compiled_denoiser = (self.denoiser, compile_denoiser(self.denoiser, self.device))
+        return self._compiled_denoiser[1]
+
     def _guided(
-        self, mask: torch.Tensor, cond: torch.Tensor | None, behavior: torch.Tensor | None, scale: float
-    ):
-        """``model_fn(x, t)`` for the sampler, with classifier-free guidance when conditions are given."""
+        self, mask: torch.Tensor, cond: torch.Tensor | None, behavior: torch.Tensor | None, scale: float,
+        denoiser: torch.nn.Module | None = None, spectra: list[torch.Tensor] | None = None,
+    ) -> ModelFn:
+        """``model_fn(x, t)`` for the sampler, with classifier-free guidance when conditions are given.
+
+        ``denoiser``: what to call (default ``self.denoiser``, e.g. its compiled form); ``spectra``: the
+        denoiser's S4 kernel spectra for this length, passed to every call, or None.
+        """
+        denoiser = self.denoiser if denoiser is None else denoiser
+        extra = {} if spectra is None else {"spectra": spectra}
         if cond is None and behavior is None:
-            return lambda x, t: self.denoiser(x, t, mask)
+            return lambda x, t: denoiser(x, t, mask, **extra)
 
         def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            conditional = self.denoiser(x, t, mask, cond, behavior)
+            conditional = denoiser(x, t, mask, cond, behavior, **extra)
             if scale == 1.0:
                 return conditional
-            unconditional = self.denoiser(x, t, mask)
+            unconditional = denoiser(x, t, mask, **extra)
             return unconditional + scale * (conditional - unconditional)
 
         return model_fn
+
+
+def compile_denoiser(denoiser: Denoiser, device: torch.device) -> torch.nn.Module:
+    """``denoiser`` under ``torch.compile`` with static shapes: ``mode="reduce-overhead"`` (CUDA graphs) on
+    CUDA, where each call also returns a fresh tensor; the default mode elsewhere. Call it with
+    ``spectra=denoiser.kernel_spectra(L)`` so the S4 kernel cache lookup stays outside the graph."""
+    if torch.device(device).type != "cuda":
+        return torch.compile(denoiser, dynamic=False)
+    return _CudaGraphSafe(torch.compile(denoiser, mode="reduce-overhead", dynamic=False))
+
+
+class _CudaGraphSafe(torch.nn.Module):
+    """Wraps a ``reduce-overhead`` compiled module: each call starts a new CUDA-graph step and returns a
+    copy, so an earlier output (the conditional prediction under guidance) is never overwritten."""
+
+    def __init__(self, compiled: torch.nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, *args: torch.Tensor | None, **kwargs: object) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(*args, **kwargs).clone()
+
+
+def _pad(t: torch.Tensor | None, rows: int, length: int | None = None) -> torch.Tensor | None:
+    """Zero-pad ``t [B, ...]`` to ``rows`` trials and, given ``length``, its last (time) axis to ``length``."""
+    if t is None:
+        return None
+    t = torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
+    return t if length is None else F.pad(t, (0, length - t.shape[-1]))
+
+
+def _cropped(padded_fn: ModelFn, rows: int, length: int, B: int, T: int) -> ModelFn:
+    """``x [B, C, T], t [B] -> padded_fn(x, t)`` on inputs zero-padded to ``rows`` trials and ``length``
+    bins, cropped back to ``[B, C, T]``.
+
+    ``padded_fn`` must mask the padding (its mask is padded with zeros). Padded bins and trials then
+    never reach valid ones: the denoiser works per trial and pointwise in time apart from its S4 layers,
+    whose inputs are masked and whose kernel taps do not depend on the length.
+    """
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return padded_fn(_pad(x, rows, length), _pad(t, rows))[:B, :, :T]
+
+    return model_fn
 
 
 def _pad_time(x: torch.Tensor, T: int) -> torch.Tensor:

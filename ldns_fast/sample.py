@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
                    "conditions and behaviour) the samples follow; overrides --n/--length/--lengths")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="split of --like")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (conditional runs)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the denoiser through torch.compile (CUDA graphs on CUDA; compiling takes a while)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -71,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         samples = model.sample(n, length=args.length, lengths=lengths, sampler=args.sampler, steps=args.steps,
                                seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
-                               spike_history=args.spike_history, guidance_scale=args.guidance_scale, **kwargs)
+                               spike_history=args.spike_history, guidance_scale=args.guidance_scale,
+                               compile=args.compile, **kwargs)
     except ValueError as err:  # DataFormatError too
         raise SystemExit(f"error: {err}") from err
     seconds = time.perf_counter() - started

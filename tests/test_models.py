@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldns_fast.kernels import backend_status
 from ldns_fast.models import Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig, autoencoder_loss
 from ldns_fast.models.autoencoder import smoothness_penalty
-from ldns_fast.models.denoiser import timestep_features
+from ldns_fast.models.denoiser import DenoiserBlock, timestep_features
 from ldns_fast.training.ema import EMA
 
 N_NEURONS, HIDDEN, LATENT, D_STATE = 10, 16, 4, 8
@@ -412,6 +413,68 @@ def test_denoiser_padding_invariance(mode: str) -> None:
     torch.testing.assert_close(b[0], full[0], atol=1e-5, rtol=0)
     assert torch.all(b[1, :, L_VALID:] == 0)
     assert trimmed.std() > 1e-3
+
+
+def unfused_block(block: DenoiserBlock, x: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The adaLN-Zero block written out with plain torch ops (no fused kernels)."""
+    shift1, scale1, gate1, shift2, scale2, gate2 = block.modulation(F.gelu(emb))[..., None].chunk(6, dim=1)
+
+    def norm(v: torch.Tensor) -> torch.Tensor:  # layer norm over channels at each time step
+        mean = v.mean(1, keepdim=True)
+        return (v - mean) / torch.sqrt(v.var(1, unbiased=False, keepdim=True) + 1e-5)
+
+    h = norm(x) * (1 + scale1) + shift1
+    if mask is not None:
+        h = h * mask[:, None, :]
+    x = x + gate1 * F.gelu(block.s4(h))
+    return x + gate2 * block.mlp(norm(x) * (1 + scale2) + shift2)
+
+
+def _fused_backend(name: str):
+    ok, why = backend_status(name, "cpu")
+    return pytest.param(name, marks=pytest.mark.skipif(not ok, reason=f"{name} unavailable: {why}"))
+
+
+@pytest.mark.parametrize("backend", ["torch", _fused_backend("triton")])
+@pytest.mark.parametrize("masked", [False, True])
+def test_denoiser_block_equals_the_unfused_formula(backend: str, masked: bool) -> None:
+    """Outputs and gradients (input, embedding, every parameter) of the block with fused ops vs by hand
+    (the norm from its definition, so a wrong eps or variance would show)."""
+    torch.manual_seed(16)
+    block = DenoiserBlock(HIDDEN, 8, D_STATE, "dplr", backend)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # nonzero modulation; channels differ
+    x0, emb0 = torch.randn(3, HIDDEN, L_FULL), torch.randn(3, 8)
+    mask = None
+    if masked:
+        mask = torch.ones(3, L_FULL)
+        mask[1, L_VALID:] = 0
+        mask[2, 3:] = 0
+    upstream = torch.randn(3, HIDDEN, L_FULL)
+    results = []
+    for fn in (block, lambda *a: unfused_block(block, *a)):
+        x, emb = x0.clone().requires_grad_(), emb0.clone().requires_grad_()
+        out = fn(x, emb, mask)
+        results.append([out.detach(), *torch.autograd.grad(out, [x, emb, *block.parameters()], upstream)])
+    names = ["output", "d input", "d embedding", *(f"d {n}" for n, _ in block.named_parameters())]
+    for name, fused, plain in zip(names, *results):
+        assert plain.abs().max() > 0, name
+        err = float((fused - plain).norm() / plain.norm())
+        assert err < 1e-5, f"{name}: relative error {err:.2e}"  # float32 rounding only
+
+
+def test_denoiser_takes_precomputed_kernel_spectra() -> None:
+    model = make_denoiser(mode="dplr")
+    perturb_modulation(model)
+    x, t = torch.randn(2, LATENT, 30), torch.tensor([3, 700])
+    with torch.no_grad():
+        expected = model(x, t)
+        spectra = model.kernel_spectra(30)
+        torch.testing.assert_close(model(x, t, spectra=spectra), expected, rtol=0, atol=0)
+        assert [s.shape for s in spectra] == [(HIDDEN, 31)] * 2
+        with pytest.raises(ValueError, match=r"one kernel spectrum per block \(2\), got 1"):
+            model(x, t, spectra=spectra[:1])
 
 
 def test_timestep_features_match_numpy() -> None:

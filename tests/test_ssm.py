@@ -19,6 +19,8 @@ from ldns_fast.ssm import (
     fft_conv,
     hippo_legs,
     hippo_legs_dplr,
+    kernel_spectrum,
+    skip_finite_check,
 )
 
 DPLR_LENGTHS = [1, 2, 7, 16, 33, 64, 100]
@@ -441,6 +443,54 @@ def test_frozen_kernel_uses_cache_with_grad_enabled(monkeypatch: pytest.MonkeyPa
     layer(u).sum().backward()
     assert calls == [20]
     assert u.grad is not None and layer.D.grad is not None
+
+
+@pytest.mark.parametrize("mode", ["dplr", "diag"])
+def test_cache_holds_the_kernel_spectrum_and_forward_takes_one(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(14)
+    layer = S4(4, 8, mode=mode, backend="torch")
+    perturb_(layer)
+    calls = count_kernel_calls(layer, monkeypatch)
+    u = torch.randn(2, 4, 20)
+    with torch.no_grad():
+        expected = kernel_spectrum(layer.kernel.forward(20))
+    reference = fresh_output(layer, u)
+    with torch.enable_grad():
+        spectrum = layer.cached_spectrum(20)  # a value: no gradient history even with grad mode on
+    assert not spectrum.requires_grad and spectrum.shape == (4, 21)
+    torch.testing.assert_close(spectrum, expected, rtol=0, atol=0)
+    with torch.no_grad():
+        assert layer.cached_spectrum(20) is spectrum and layer(u) is not None
+    assert calls == [20, 20, 20]  # `expected`, `reference`, then once filling the cache
+    y = layer(u, spectrum)  # grad on, given spectrum: no kernel computed, gradient reaches D only
+    assert calls == [20, 20, 20]
+    torch.testing.assert_close(y, reference, rtol=1e-6, atol=1e-6)
+    y.sum().backward()
+    assert layer.D.grad is not None and all(p.grad is None for p in layer.kernel.parameters())
+    with pytest.raises(ValueError, match=r"spectrum must be a complex tensor of shape \[H, L \+ 1\] = \[4, 21\]"):
+        layer(u, layer.cached_spectrum(19))
+    with pytest.raises(ValueError, match="spectrum must be a complex tensor"):
+        layer(u, spectrum.real)
+
+
+def test_skip_finite_check_only_inside_the_block() -> None:
+    layer = S4(4, 8, backend="torch")
+    bad = torch.randn(2, 4, 10)
+    bad[1, 2, 3] = float("nan")
+    with torch.no_grad():
+        with skip_finite_check():
+            with skip_finite_check():
+                pass
+            assert torch.isnan(layer(bad)).any()  # still skipped after a nested block ends
+            with pytest.raises(ValueError, match="u must have shape"):
+                layer(torch.randn(2, 3, 10))  # shape checks stay
+        with pytest.raises(ValueError, match="u contains NaN"):
+            layer(bad)
+        with pytest.raises(RuntimeError, match="inside"):
+            with skip_finite_check():
+                raise RuntimeError("inside")
+        with pytest.raises(ValueError, match="u contains NaN"):
+            layer(bad)
 
 
 # ------------------------------------------------------------------------------------------ bad inputs

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldns_fast.kernels import gelu_gate_residual, modulated_norm
+from ldns_fast.kernels.fused import FUSED_BACKENDS
 from ldns_fast.ssm import S4
 from ldns_fast.validation import require_positive_ints
 
-from .layers import ChannelNorm, PointwiseMLP, apply_mask
+from .layers import PointwiseMLP, apply_mask
 
 
 @dataclass
@@ -65,24 +67,37 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) ->
 
 
 class DenoiserBlock(nn.Module):
-    """adaLN-Zero block on ``[B, C, L]`` conditioned on an embedding ``[B, E]``."""
+    """adaLN-Zero block on ``[B, C, L]`` conditioned on an embedding ``[B, E]``, mask ``[B, L]`` optional::
+
+        h = mask * (LN_C(x) * (1 + scale1) + shift1)      # modulated_norm
+        x = x + gate1 * gelu(S4(h))                        # gelu_gate_residual
+        x = x + gate2 * MLP(LN_C(x) * (1 + scale2) + shift2)
+
+    The norm and gated-residual steps are the fused ops of :mod:`ldns_fast.kernels.fused` (Triton on
+    CUDA, torch otherwise; a ``backend`` they lack, such as ``"keops"``, means ``"auto"`` for them).
+    Under ``torch.compile`` they take their torch form, which the compiler fuses itself.
+    """
 
     def __init__(self, channels: int, embed_dim: int, d_state: int, mode: str, backend: str) -> None:
         super().__init__()
-        self.norm1 = ChannelNorm(channels, affine=False)
         self.s4 = S4(channels, d_state, mode=mode, bidirectional=True, backend=backend)
-        self.norm2 = ChannelNorm(channels, affine=False)
         self.mlp = PointwiseMLP(channels)
         self.modulation = nn.Linear(embed_dim, 6 * channels)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
+        self.fused_backend = backend if backend in FUSED_BACKENDS else "auto"
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor | None = None,
+        spectrum: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x [B, C, L]``, ``emb [B, E]``, ``mask [B, L]``; ``spectrum``: see :meth:`S4.forward`."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.gelu(emb))[..., None].chunk(6, dim=1)
-        h = self.norm1(x) * (1 + scale1) + shift1
-        x = x + gate1 * F.gelu(self.s4(apply_mask(h, mask)))
-        h = self.norm2(x) * (1 + scale2) + shift2
-        return x + gate2 * self.mlp(h)
+        backend = "torch" if torch.compiler.is_compiling() else self.fused_backend
+        h = modulated_norm(x, shift1, scale1, mask, backend=backend)
+        y = self.s4(h) if spectrum is None else self.s4(h, spectrum)  # substitutes (export) take u only
+        x = gelu_gate_residual(x, y, gate1, backend=backend)
+        return x + gate2 * self.mlp(modulated_norm(x, shift2, scale2, backend=backend))
 
 
 class Denoiser(nn.Module):
@@ -93,6 +108,9 @@ class Denoiser(nn.Module):
     indicator channel. ``keep_cond [B]`` and ``keep_behavior [B]`` (bool) mark the trials whose
     conditions are used; a dropped (or None) condition is absent, as trained with independent condition
     dropout for classifier-free guidance, so either kind can also be given alone.
+
+    ``spectra`` (inference): the blocks' S4 kernel spectra for this length, from :meth:`kernel_spectra`.
+    A compiled caller passes them so that the kernel cache lookup stays outside the compiled graph.
     """
 
     def __init__(self, config: DenoiserConfig) -> None:
@@ -118,12 +136,21 @@ class Denoiser(nn.Module):
             self.out.weight.mul_(0.1)
             self.out.bias.mul_(0.1)
 
+    def kernel_spectra(self, L: int) -> list[torch.Tensor]:
+        """Each block's S4 kernel spectrum ``[C, L + 1]`` for length ``L`` (cached), for ``forward(spectra=...)``."""
+        return [block.s4.cached_spectrum(L) for block in self.blocks]
+
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
         cond: torch.Tensor | None = None, behavior: torch.Tensor | None = None,
         keep_cond: torch.Tensor | None = None, keep_behavior: torch.Tensor | None = None,
+        spectra: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         c = self.config
+        if spectra is not None and len(spectra) != len(self.blocks):
+            raise ValueError(
+                f"spectra must hold one kernel spectrum per block ({len(self.blocks)}), got {len(spectra)}"
+            )
         emb = self.time_mlp(timestep_features(t, c.time_features))
         everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         if c.cond_dim and cond is not None:
@@ -135,6 +162,6 @@ class Denoiser(nn.Module):
             behavior = x.new_zeros(x.shape[0], c.behavior_channels, x.shape[-1]) if behavior is None else behavior
             x = torch.cat([x, behavior * present, present.expand(-1, 1, x.shape[-1])], dim=1)
         h = self.inp(apply_mask(x, mask))
-        for block in self.blocks:
-            h = block(h, emb, mask)
+        for i, block in enumerate(self.blocks):
+            h = block(h, emb, mask, None if spectra is None else spectra[i])
         return apply_mask(self.out(h), mask)

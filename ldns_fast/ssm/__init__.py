@@ -1,6 +1,7 @@
 """State-space layers (S4D, DPLR S4) built on :mod:`ldns_fast.kernels`.
 
-- :class:`S4`: the layer ``[B, H, L] -> [B, H, L]`` with an inference kernel cache.
+- :class:`S4`: the layer ``[B, H, L] -> [B, H, L]`` with an inference kernel cache;
+  :func:`skip_finite_check` turns off its NaN/inf scan of inputs in validated hot loops.
 - :class:`DPLRKernel`, :class:`DiagonalKernel`: real SSM kernels ``L -> [n_kernels, H, L]``.
 - :func:`fft_conv`, :func:`direct_conv`: causal or bidirectional convolution with a skip term (FFT or
   Toeplitz product).
@@ -8,7 +9,7 @@
 """
 from .fftconv import direct_conv, fft_conv, fold_kernel, kernel_spectrum, spectrum_conv, toeplitz, toeplitz_conv
 from .hippo import hippo_legs, hippo_legs_dplr
-from .s4 import KERNEL_CACHE_SIZE, S4
+from .s4 import KERNEL_CACHE_SIZE, S4, skip_finite_check
 from .ssm_kernels import DiagonalKernel, DPLRKernel, bilinear_nodes
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "hippo_legs",
     "hippo_legs_dplr",
     "kernel_spectrum",
+    "skip_finite_check",
     "spectrum_conv",
     "toeplitz",
     "toeplitz_conv",

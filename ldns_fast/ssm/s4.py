@@ -1,22 +1,45 @@
 """The S4 layer: an SSM convolution kernel, FFT convolution and a skip term, with an inference cache.
 
 The kernel depends only on the weights and the length ``L``, so when no gradient can flow to it
-(grad mode off, or the kernel parameters frozen) it is computed once per ``(L, device, dtype)`` and
-reused. The cache is keyed on every kernel parameter's storage pointer and version counter, so
-optimiser steps, in-place edits, ``load_state_dict`` and ``.to()`` invalidate it.
+(grad mode off, or the kernel parameters frozen) its spectrum (:func:`kernel_spectrum`, what the FFT
+convolution multiplies by) is computed once per ``(L, device, dtype)`` and reused. The cache is keyed on
+every kernel parameter's storage pointer and version counter, so optimiser steps, in-place edits,
+``load_state_dict`` and ``.to()`` invalidate it.
+
+Every call scans its input for NaN/inf, which costs a host-device synchronisation per layer; code that
+has validated its inputs (the sampling loop) can switch the scan off with :func:`skip_finite_check`.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from .fftconv import fft_conv
+from .fftconv import fft_conv, kernel_spectrum, spectrum_conv
 from .ssm_kernels import DiagonalKernel, DPLRKernel
 
-# Number of sequence lengths whose kernels are kept (least recently used evicted first).
+# Number of sequence lengths whose kernel spectra are kept (least recently used evicted first).
 KERNEL_CACHE_SIZE = 8
+
+_check_finite = True  # read by S4._check_input; switched off by skip_finite_check()
+
+
+@contextmanager
+def skip_finite_check() -> Iterator[None]:
+    """Inside this block, S4 layers skip the NaN/inf scan of their inputs (shape and dtype checks stay).
+
+    For hot loops whose inputs are already validated (the scan forces a device sync per layer per call).
+    The switch is process-wide (not per thread) and restored on exit, also on nesting and exceptions.
+    """
+    global _check_finite
+    previous, _check_finite = _check_finite, False
+    try:
+        yield
+    finally:
+        _check_finite = previous
 
 
 class S4(nn.Module):
@@ -60,12 +83,12 @@ class S4(nn.Module):
         else:
             raise ValueError(f"mode must be 'dplr' or 'diag', got {mode!r}")
         self.D = nn.Parameter(torch.randn(d_model))
-        self._kernel_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._spectrum_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_signature: tuple = ()
 
     def clear_kernel_cache(self) -> None:
-        """Drop every cached kernel."""
-        self._kernel_cache.clear()
+        """Drop every cached kernel spectrum."""
+        self._spectrum_cache.clear()
         self._cache_signature = ()
 
     def _parameter_signature(self) -> tuple:
@@ -75,24 +98,29 @@ class S4(nn.Module):
         """True when no gradient can flow to the kernel (grad mode off or kernel parameters frozen)."""
         return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.kernel.parameters())
 
-    def kernel_for(self, L: int) -> torch.Tensor:
-        """Real kernel ``[n_kernels, H, L]``, from the cache when no gradient is needed."""
-        if not self._cacheable():
-            return self.kernel(L)
+    # Runs eagerly under torch.compile (the lookup reads storage pointers and version counters, which
+    # dynamo cannot trace): a compiled caller gets a graph break here, or passes the spectrum to forward().
+    @torch.compiler.disable
+    def cached_spectrum(self, L: int) -> torch.Tensor:
+        """Kernel spectrum ``[H, L + 1]`` (complex) for length ``L``, computed once per weights and ``L``.
+
+        A value without gradient history: no gradient reaches the kernel parameters through it.
+        """
         signature = self._parameter_signature()
         if signature != self._cache_signature:
             self.clear_kernel_cache()
             self._cache_signature = signature
         ref = self.kernel.log_dt
         key = (L, ref.device, ref.dtype)
-        if key in self._kernel_cache:
-            self._kernel_cache.move_to_end(key)
-            return self._kernel_cache[key]
-        K = self.kernel(L)
-        self._kernel_cache[key] = K
-        if len(self._kernel_cache) > KERNEL_CACHE_SIZE:
-            self._kernel_cache.popitem(last=False)
-        return K
+        if key in self._spectrum_cache:
+            self._spectrum_cache.move_to_end(key)
+            return self._spectrum_cache[key]
+        with torch.no_grad():
+            spectrum = kernel_spectrum(self.kernel(L))
+        self._spectrum_cache[key] = spectrum
+        if len(self._spectrum_cache) > KERNEL_CACHE_SIZE:
+            self._spectrum_cache.popitem(last=False)
+        return spectrum
 
     def _check_input(self, u: object) -> torch.Tensor:
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or not u.is_floating_point():
@@ -102,11 +130,26 @@ class S4(nn.Module):
             raise ValueError(
                 f"u must have shape [B, H={self.d_model}, L>=1] for d_model={self.d_model}, got {tuple(u.shape)}"
             )
-        if not bool(torch.isfinite(u).all()):
+        if _check_finite and not bool(torch.isfinite(u).all()):
             raise ValueError("u contains NaN or infinite values")
         return u
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """``u [B, H, L]`` -> ``[B, H, L]``."""
+    def forward(self, u: torch.Tensor, spectrum: torch.Tensor | None = None) -> torch.Tensor:
+        """``u [B, H, L]`` -> ``[B, H, L]``.
+
+        ``spectrum``: the kernel spectrum ``[H, L + 1]`` for this length, from :meth:`cached_spectrum`
+        (for a compiled caller that looks it up outside its graph); used as given, so no gradient
+        reaches the kernel parameters. Without it the kernel is cached when no gradient can reach it.
+        """
         u = self._check_input(u)
-        return fft_conv(u, self.kernel_for(u.shape[-1]), self.D)
+        L = u.shape[-1]
+        if spectrum is None:
+            if not self._cacheable():
+                return fft_conv(u, self.kernel(L), self.D)
+            spectrum = self.cached_spectrum(L)
+        elif tuple(spectrum.shape) != (self.d_model, L + 1) or not spectrum.is_complex():
+            raise ValueError(
+                f"spectrum must be a complex tensor of shape [H, L + 1] = [{self.d_model}, {L + 1}], "
+                f"got {tuple(spectrum.shape)} {spectrum.dtype}"
+            )
+        return spectrum_conv(u, spectrum, self.D)
