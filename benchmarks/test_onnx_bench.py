@@ -1,8 +1,10 @@
 """ONNX sampling throughput: onnxruntime (direct and FFT graphs) vs torch eager vs torch.compile.
 
 Whole DDIM-20 samples (latents, rates and Poisson spikes) of the default (``cpu`` preset) Lorenz model
-with random weights, for short trials (64 x 140 bins) and one long recording (16,384 bins).
-``speedup_vs_torch_eager`` in ``extra_info`` is against torch eager (``LDNS.sample``) in the same run;
+with random weights, for short trials (64 x 140 bins), medium ones (8 x 512, near the direct/FFT
+crossover that ``conv="auto"`` uses) and one long recording (16,384 bins).
+``speedup_vs_torch_eager`` in ``extra_info`` is against torch eager (``LDNS.sample``) in the same run
+(torch-compile: ``LDNS.sample(compile=True)``);
 the direct graph is skipped for the long recording (its Toeplitz product is quadratic in length).
 """
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import DEVICE, median_seconds, run_benchmark
+from memory import timing_allocator
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -20,7 +23,7 @@ from ldns_fast.models import Autoencoder, Denoiser  # noqa: E402
 from ldns_fast.pipeline import LDNS  # noqa: E402
 
 STEPS = 20
-CASES = {"short": (64, 140), "long": (1, 16384)}
+CASES = {"short": (64, 140), "medium": (8, 512), "long": (1, 16384)}
 RUN = merge(preset("cpu"), {"autoencoder": {"n_neurons": 128}})
 
 
@@ -45,11 +48,16 @@ def exported(tmp_path_factory) -> dict[str, OnnxSampler]:
     return samplers
 
 
+@pytest.fixture(scope="module", autouse=True)
+def heap_allocator():
+    """Time with glibc's usual heap, not the mmap-per-tensor set-up of the memory figures."""
+    with timing_allocator():
+        yield
+
+
 def torch_call(n: int, length: int, compiled: bool):
     ldns = model()
-    if compiled:
-        ldns.denoiser = torch.compile(ldns.denoiser)
-    return lambda: ldns.sample(n, length=length, sampler="ddim", steps=STEPS, seed=0, batch_size=n)
+    return lambda: ldns.sample(n, length=length, sampler="ddim", steps=STEPS, seed=0, batch_size=n, compile=compiled)
 
 
 @pytest.fixture(scope="module")
