@@ -26,7 +26,7 @@ from .modules import CONV_MODES, KERNEL_CHUNK, Decoder, DenoiserStep, UnrolledSa
 
 FORMAT = "ldns_fast.onnx/1"
 # Longest trial (bins) for which conv="auto" picks the direct Toeplitz convolution over the FFT
-# (benchmarks/test_onnx_bench.py: direct is faster at 140 bins, the FFT long before 16k).
+# (benchmarks/test_onnx_bench.py, benchmarks/results/onnx_cpu.md).
 DIRECT_MAX_LENGTH = 512
 # Relative error allowed between onnxruntime and torch on the export's example inputs.
 EXPORT_TOLERANCE = 1e-4
