@@ -62,6 +62,21 @@ def device() -> torch.device:
     return DEVICE
 
 
+def record_against_baseline(
+    benchmark, baselines: Baselines, key: tuple | str, baseline_call: Callable[[], object],
+    call: Callable[[], object], rounds: int, name: str, **info: object,
+) -> None:
+    """Time ``call`` and its peak memory; put ``{name}_seconds``, ``speedup_vs_{name}``, both peaks and
+    ``memory_ratio`` (baseline peak / peak) in ``extra_info``, the baseline measured once per ``key``."""
+    base_s, base_peak = baselines.get(key if isinstance(key, tuple) else (key,), baseline_call, rounds)
+    peak = peak_memory_bytes(call, DEVICE)
+    median = run_benchmark(benchmark, call, rounds)
+    benchmark.extra_info.update(
+        {f"{name}_seconds": base_s, f"speedup_vs_{name}": base_s / median, f"{name}_peak_bytes": base_peak},
+        device=str(DEVICE), peak_bytes=peak, memory_ratio=base_peak / max(peak, 1), **info,
+    )
+
+
 def run_benchmark(benchmark, fn: Callable[[], object], rounds: int) -> float:
     """Time ``fn`` with pytest-benchmark (synchronised on CUDA); return the median seconds."""
     return run_benchmark_with_setup(benchmark, fn, rounds, None)

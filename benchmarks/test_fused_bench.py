@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, run_benchmark
-from memory import peak_memory_bytes
+from conftest import DEVICE, record_against_baseline
 
 from ldns_fast.kernels import backend_status, gelu_gate_residual, modulated_norm
 from ldns_fast.models.layers import ChannelNorm, apply_mask
@@ -47,16 +46,6 @@ def forward_backward(fn, args: list[torch.Tensor]):
     return call
 
 
-def record(benchmark, baselines, key, unfused_call, call, **info) -> None:
-    unfused_s, unfused_peak = baselines.get(key, unfused_call, ROUNDS)
-    peak = peak_memory_bytes(call, DEVICE)
-    median = run_benchmark(benchmark, call, ROUNDS)
-    benchmark.extra_info.update(
-        device=str(DEVICE), unfused_seconds=unfused_s, speedup_vs_unfused=unfused_s / median,
-        peak_bytes=peak, unfused_peak_bytes=unfused_peak, memory_ratio=unfused_peak / max(peak, 1),
-        B=B, C=C, L=L, mode="fwd+bwd", **info,
-    )
-
 
 @pytest.mark.parametrize("backend", timed_backends())
 def test_modulated_norm(benchmark, baselines, backend):
@@ -67,7 +56,8 @@ def test_modulated_norm(benchmark, baselines, backend):
     unfused = forward_backward(lambda x, shift, scale, mask: apply_mask(norm(x) * (1 + scale) + shift, mask),
                                args)
     fused = forward_backward(lambda *a: modulated_norm(*a, backend=backend), args)
-    record(benchmark, baselines, "modulated_norm", unfused, fused, backend=backend)
+    record_against_baseline(benchmark, baselines, "modulated_norm", unfused, fused, ROUNDS, "unfused",
+                            backend=backend, B=B, C=C, L=L, mode="fwd+bwd")
 
 
 @pytest.mark.parametrize("backend", timed_backends())
@@ -77,4 +67,5 @@ def test_gelu_gate_residual(benchmark, baselines, backend):
     benchmark.group = f"gelu_gate_residual B={B} C={C} L={L} fwd+bwd"
     unfused = forward_backward(lambda x, y, gate: x + gate * F.gelu(y), args)
     fused = forward_backward(lambda *a: gelu_gate_residual(*a, backend=backend), args)
-    record(benchmark, baselines, "gelu_gate_residual", unfused, fused, backend=backend)
+    record_against_baseline(benchmark, baselines, "gelu_gate_residual", unfused, fused, ROUNDS, "unfused",
+                            backend=backend, B=B, C=C, L=L, mode="fwd+bwd")

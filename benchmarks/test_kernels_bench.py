@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, run_benchmark
-from memory import peak_memory_bytes
+from conftest import DEVICE, record_against_baseline
 
 from ldns_fast.kernels import backend_status, cauchy_kernel, cauchy_naive, vandermonde_kernel, vandermonde_naive
 
@@ -50,15 +49,6 @@ def make_call(fn, inputs: tuple[torch.Tensor, ...], backward: bool):
     return call
 
 
-def record(benchmark, baselines, key, naive_call, call, **info) -> None:
-    naive_s, naive_peak = baselines.get(key, naive_call, ROUNDS)
-    peak = peak_memory_bytes(call, DEVICE)
-    median = run_benchmark(benchmark, call, ROUNDS)
-    benchmark.extra_info.update(
-        device=str(DEVICE), naive_seconds=naive_s, speedup_vs_naive=naive_s / median,
-        peak_bytes=peak, naive_peak_bytes=naive_peak, memory_ratio=naive_peak / max(peak, 1), **info,
-    )
-
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("H,L", VANDERMONDE_SHAPES)
@@ -69,8 +59,8 @@ def test_vandermonde(benchmark, baselines, backend, H, L, mode):
     benchmark.group = f"vandermonde H={H} Np={NP} L={L} {mode}"
     naive_call = make_call(lambda v, x: vandermonde_naive(v, x, L), inputs, backward)
     call = make_call(lambda v, x: vandermonde_kernel(v, x, L, backend), inputs, backward)
-    record(benchmark, baselines, ("vandermonde", H, L, mode), naive_call, call,
-           backend=backend, H=H, Np=NP, L=L, mode=mode, elements=H * NP * L)
+    record_against_baseline(benchmark, baselines, ("vandermonde", H, L, mode), naive_call, call, ROUNDS, "naive",
+                            backend=backend, H=H, Np=NP, L=L, mode=mode, elements=H * NP * L)
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
@@ -85,5 +75,6 @@ def test_cauchy(benchmark, baselines, backend, H, L, mode):
     benchmark.group = f"cauchy rows={4 * H} Np={NP} M={z.numel()} {mode}"
     naive_call = make_call(lambda v, w: cauchy_naive(v, z, w), (v, w), backward)
     call = make_call(lambda v, w: cauchy_kernel(v, z, w, backend), (v, w), backward)
-    record(benchmark, baselines, ("cauchy", H, L, mode), naive_call, call,
-           backend=backend, rows=4 * H, Np=NP, M=z.numel(), mode=mode, elements=4 * H * NP * z.numel())
+    record_against_baseline(benchmark, baselines, ("cauchy", H, L, mode), naive_call, call, ROUNDS, "naive",
+                            backend=backend, rows=4 * H, Np=NP, M=z.numel(), mode=mode,
+                            elements=4 * H * NP * z.numel())
