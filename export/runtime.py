@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 # Bins (trials x padded length) per onnxruntime call; activations scale with it.
 DEFAULT_MAX_BINS = 1 << 16
@@ -141,17 +142,13 @@ class OnnxSampler:
                       f"{self.metadata['steps']}, seed {seed}"
         writer = DatasetWriter(path, len(lengths), int(lengths.max()), self.n_neurons, self.latent_channels,
                                self.bin_width, description)
-        done = 0
-        with writer:
+        with writer, tqdm(total=len(lengths), unit="trial", disable=not progress) as bar:
             for part in self.batches(None, None, lengths, conditions, behavior, seed, max_bins):
-                writer.write(np.sort(part.index), *(_file_layout(a[np.argsort(part.index)])
-                                                    for a in (part.spikes, part.rates, part.latents)),
-                             part.lengths[np.argsort(part.index)])
-                done += len(part.index)
-                if progress:
-                    print(f"\r{done}/{len(lengths)} trials", end="", flush=True)
-        if progress:
-            print()
+                order = np.argsort(part.index)  # the writer stores trials in increasing file order
+                writer.write(part.index[order], *(_file_layout(a[order]) for a in (part.spikes, part.rates,
+                                                                                   part.latents)),
+                             part.lengths[order])
+                bar.update(len(part.index))
         return path
 
     # ------------------------------------------------------------------------------------- helpers
