@@ -11,6 +11,7 @@ import copy
 import torch
 from torch import nn
 
+from ldns_fast.data import valid_mask
 from ldns_fast.diffusion import DiffusionSchedule, make_sampler
 from ldns_fast.models import Autoencoder, Denoiser
 from ldns_fast.ssm import S4, kernel_spectrum, spectrum_conv, toeplitz, toeplitz_conv
@@ -49,8 +50,9 @@ class DiagonalS4(nn.Module):
         r = torch.arange(KERNEL_CHUNK, dtype=torch.float64, device=self.a.device)
         q = torch.arange(n_chunks, dtype=torch.float64, device=self.a.device) * KERNEL_CHUNK
         a, b = self.a[..., None], self.b[..., None]
-        inner_re, inner_im = torch.exp(a * r) * torch.cos(b * r), torch.exp(a * r) * torch.sin(b * r)
-        anchor_re, anchor_im = torch.exp(a * q) * torch.cos(b * q), torch.exp(a * q) * torch.sin(b * q)
+        inner_abs, anchor_abs = torch.exp(a * r), torch.exp(a * q)
+        inner_re, inner_im = inner_abs * torch.cos(b * r), inner_abs * torch.sin(b * r)
+        anchor_re, anchor_im = anchor_abs * torch.cos(b * q), anchor_abs * torch.sin(b * q)
         w_re, w_im = self.w_re[..., None], self.w_im[..., None]
         left_re = (w_re * anchor_re - w_im * anchor_im).transpose(-1, -2)  # [n_kernels, H, n_chunks, M]
         left_im = (w_re * anchor_im + w_im * anchor_re).transpose(-1, -2)
@@ -76,16 +78,11 @@ class DiagonalS4(nn.Module):
 def to_diagonal_s4(model: nn.Module, conv: str) -> nn.Module:
     """A copy of ``model`` (eval mode) with every :class:`S4` replaced by a :class:`DiagonalS4`."""
     model = copy.deepcopy(model).eval().cpu()
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, S4):
                 setattr(module, child_name, DiagonalS4(child, conv))
     return model
-
-
-def valid_mask_from_lengths(lengths: torch.Tensor, L: int) -> torch.Tensor:
-    """``lengths [B]`` -> float mask ``[B, L]`` (1 on the first ``lengths[b]`` bins)."""
-    return (torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]).float()
 
 
 class DenoiserStep(nn.Module):
@@ -99,7 +96,7 @@ class DenoiserStep(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor,
         conditions: torch.Tensor | None = None, behavior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        mask = valid_mask_from_lengths(lengths, x.shape[-1])
+        mask = valid_mask(lengths, x.shape[-1])
         return self.denoiser(x, t, mask, conditions, behavior)
 
 
@@ -146,7 +143,7 @@ class UnrolledSampler(nn.Module):
         conditions: torch.Tensor | None = None, behavior: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         L = noise.shape[-1]
-        mask = valid_mask_from_lengths(lengths, L)
+        mask = valid_mask(lengths, L)
         guided = conditions is not None or behavior is not None
         for layer in self.layers:
             layer.prepare(L)

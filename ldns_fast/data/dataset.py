@@ -54,8 +54,8 @@ def _channels_first(a: np.ndarray | None, mask: torch.Tensor, dtype: torch.dtype
 
 
 def valid_mask(lengths: torch.Tensor, n_bins: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``[trials, n_bins]``: 1 where the bin index is below the trial's length."""
-    return (torch.arange(n_bins)[None, :] < lengths[:, None]).to(dtype)
+    """``[trials, n_bins]`` on ``lengths``' device: 1 where the bin index is below the trial's length."""
+    return (torch.arange(n_bins, device=lengths.device)[None, :] < lengths[:, None]).to(dtype)
 
 
 def to_tensors(data: SpikeData, dtype: torch.dtype = torch.float32) -> SpikeTensors:
