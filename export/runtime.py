@@ -3,8 +3,8 @@
 :class:`OnnxSampler` reads the metadata inside ``sampler.onnx``, chooses execution providers
 (TensorRT, CUDA, then CPU, whichever this onnxruntime has), validates requests, groups trials of
 similar length into batches under a bin budget (so a one-hour recording and a thousand short trials
-both fit in memory), draws the initial noise per trial from a seeded numpy generator (results do not
-depend on the batching), draws Poisson spikes from the rates, and writes HDF5 incrementally.
+both fit in memory), draws each trial's initial noise and Poisson spikes from its own seeded stream as
+its batch runs (results do not depend on the batching), and writes HDF5 incrementally.
 """
 from __future__ import annotations
 
@@ -102,15 +102,18 @@ class OnnxSampler:
         conditions, behavior = self._conditions(len(lengths), int(lengths.max()), conditions, behavior)
         if isinstance(max_bins, bool) or not isinstance(max_bins, int) or max_bins < 1:
             raise ValueError(f"max_bins must be a positive integer, got {max_bins!r}")
-        rng = np.random.default_rng(seed)
-        if noise is None:
-            noise = [rng.standard_normal((self.latent_channels, int(t)), dtype=np.float32) for t in lengths]
-        else:
+        if noise is not None:
             noise = self._check_noise(noise, lengths)
+        # One random stream per trial: its noise, then its spikes. Draws happen batch by batch (bounded
+        # memory) and no trial's values depend on the batching.
+        streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(lengths))]
         for index in self._plan(lengths, max_bins):
             L = self._padded_length(int(lengths[index].max()))
-            feed = {"noise": np.stack([np.pad(noise[i], ((0, 0), (0, L - noise[i].shape[1]))) for i in index]),
-                    "lengths": lengths[index].astype(np.int64)}
+            start = np.zeros((len(index), self.latent_channels, L), np.float32)
+            for row, i in enumerate(index):
+                start[row, :, : lengths[i]] = noise[i] if noise is not None else \
+                    streams[i].standard_normal((self.latent_channels, int(lengths[i])), dtype=np.float32)
+            feed = {"noise": start, "lengths": lengths[index].astype(np.int64)}
             if conditions is not None:
                 feed["conditions"] = conditions[index]
             if self.behavior_channels:
@@ -122,7 +125,9 @@ class OnnxSampler:
             latents, rates = self._run(feed)
             t = int(lengths[index].max())
             latents, rates = latents[..., :t], rates[..., :t]
-            spikes = rng.poisson(rates).astype(np.uint16)
+            spikes = np.zeros(rates.shape, np.uint16)
+            for row, i in enumerate(index):
+                spikes[row, :, : lengths[i]] = streams[i].poisson(rates[row, :, : lengths[i]])
             yield SampleBatch(index, latents, rates, spikes, lengths[index])
 
     def sample_to_hdf5(

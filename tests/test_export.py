@@ -226,6 +226,7 @@ def test_onnx_sampler_results_do_not_depend_on_batching(unconditional) -> None:
     one_call = sampler.sample(lengths=lengths, seed=11, max_bins=10_000)
     many_calls = sampler.sample(lengths=lengths, seed=11, max_bins=60)
     assert np.allclose(one_call.latents, many_calls.latents, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(one_call.spikes, many_calls.spikes)  # each trial draws from its own stream
     assert one_call.latents.shape == (6, 4, 61) and one_call.lengths.tolist() == lengths
     for i, length in enumerate(lengths):
         assert not one_call.spikes[i, :, length:].any()
