@@ -122,9 +122,9 @@ class LDNS:
     ) -> Samples:
         """Generate ``n`` trials of ``length`` bins (default: the training length) or per-trial ``lengths``.
 
-        ``sampler`` is ``"ddpm"``, ``"ddim"`` or ``"dpm++"`` with ``steps`` steps; ``seed`` makes the
-        latents and the spikes reproducible. Spikes are Poisson in the rates, or drawn autoregressively
-        by the fitted spike-history model with ``spike_history=True``. A conditional model takes
+        ``sampler`` is ``"ddpm"``, ``"ddim"``, ``"dpm++"`` or ``"sde-dpm++"`` with ``steps`` steps; ``seed``
+        makes the latents and the spikes reproducible. Spikes are Poisson in the rates, or drawn
+        autoregressively by the fitted spike-history model with ``spike_history=True``. A conditional model takes
         ``conditions [n, cond_dim]`` and/or ``behavior [n, B, T]``; ``guidance_scale`` w mixes the
         conditional and unconditional predictions as ``uncond + w (cond - uncond)`` (classifier-free
         guidance: 0 is unconditional, 1 conditional only).
@@ -146,11 +146,7 @@ class LDNS:
         if lengths.shape != (n,) or int(lengths.min()) < 1:
             raise ValueError(f"lengths must hold n={n} positive integers, got {lengths.tolist()[:10]}")
         conditions, behavior = self._check_conditions(n, int(lengths.max()), conditions, behavior)
-        gen = torch.Generator(self.device)
-        if seed is None:
-            gen.seed()  # non-deterministic, without touching torch's global generator
-        else:
-            gen.manual_seed(seed)
+        gen = self._generator(seed)
         schedule_sampler = make_sampler(sampler, self.schedule, **sampler_kwargs)
         rows = min(n, batch_size)  # the one batch size compiled calls see
         parts = []
@@ -184,9 +180,41 @@ class LDNS:
             else:
                 spikes = torch.poisson(rates, generator=gen)
             parts.append((latents.cpu(), rates.cpu(), spikes.cpu()))
-        T_max = int(lengths.max())
-        return Samples(*(torch.cat([_pad_time(p[i], T_max) for p in parts]) for i in range(3)), lengths)
+        return _concatenate(parts, lengths)
 
+    @torch.no_grad()
+    def reconstruct(self, data: SpikeData, seed: int | None = None, batch_size: int = 256) -> Samples:
+        """Autoencoder reconstruction of real trials: encode, decode to rates, draw Poisson spikes.
+
+        Generated data can match real data only as well as these reconstructions do (the autoencoder's
+        ceiling), so comparing both with the real set tells where fidelity is lost. Returns
+        :class:`Samples` with the trials' lengths (latents ``[n, C_latent, T]``, rates and spikes
+        ``[n, N, T]``, zero past each length).
+        """
+        if data.n_neurons != self.config.autoencoder.n_neurons:
+            raise ValueError(f"the data have {data.n_neurons} neurons, the autoencoder expects "
+                             f"{self.config.autoencoder.n_neurons}")
+        gen = self._generator(seed)
+        lengths = torch.as_tensor(data.lengths, dtype=torch.long)
+        parts = []
+        for start in range(0, data.n_trials, batch_size):
+            part = slice(start, start + batch_size)
+            T = int(lengths[part].max())
+            mask = valid_mask(lengths[part], T).to(self.device)
+            spikes = torch.as_tensor(np.asarray(data.spikes[part, :T]), dtype=torch.float32).transpose(1, 2)
+            latents = self.encode(spikes, mask) * mask[:, None]
+            rates = self.decode(latents) * mask[:, None]
+            parts.append((latents.cpu(), rates.cpu(), torch.poisson(rates, generator=gen).cpu()))
+        return _concatenate(parts, lengths)
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        """A generator on the model's device: seeded, or non-deterministic without touching torch's global one."""
+        gen = torch.Generator(self.device)
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(seed)
+        return gen
 
     def condition_inputs(self, data: SpikeData) -> dict[str, torch.Tensor]:
         """``sample`` keyword arguments with the ``conditions``/``behavior`` of ``data`` (file layout) that
@@ -292,6 +320,12 @@ def _cropped(padded_fn: ModelFn, rows: int, length: int, B: int, T: int) -> Mode
         return padded_fn(_pad(x, rows, length), _pad(t, rows))[:B, :, :T]
 
     return model_fn
+
+
+def _concatenate(parts: list[tuple[torch.Tensor, ...]], lengths: torch.Tensor) -> Samples:
+    """Batches of (latents, rates, spikes), each padded in time to the longest trial, as one :class:`Samples`."""
+    T_max = int(lengths.max())
+    return Samples(*(torch.cat([_pad_time(p[i], T_max) for p in parts]) for i in range(3)), lengths)
 
 
 def _pad_time(x: torch.Tensor, T: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 
 from ldns_fast.checkpoint import CheckpointError
 from ldns_fast.data import read_dataset, write_dataset
+from ldns_fast.diffusion import SAMPLERS
 from ldns_fast.pipeline import LDNS, Samples
 
 
@@ -29,9 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=100, help="number of trials")
     p.add_argument("--length", type=int, help="bins per trial (default: the training length)")
     p.add_argument("--lengths", type=int, nargs="+", help="per-trial lengths (overrides --n and --length)")
-    p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++"])
+    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
     p.add_argument("--steps", type=int, default=20, help="sampling steps (DDPM reference: 1000)")
-    p.add_argument("--eta", type=float, help="DDIM noise scale (0 = deterministic)")
+    p.add_argument("--eta", type=float, help="noise scale of ddim / dpm++ in [0, 1] (default 0: deterministic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", type=Path, help="output HDF5 (default RUN/samples.h5)")
@@ -56,7 +57,10 @@ def write_samples(path: Path, samples: Samples, bin_width: float, description: s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.eta is not None and args.sampler not in ("ddim", "dpm++"):
+        p.error(f"--eta applies to ddim and dpm++ (ddpm and sde-dpm++ are eta = 1), not {args.sampler}")
     try:
         model = LDNS.load(args.run, args.device)
     except CheckpointError as err:

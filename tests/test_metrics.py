@@ -244,9 +244,12 @@ def test_cli_writes_metrics_and_figures(tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["--real", str(real), "--generated", str(generated), "--split", "all", "--out", str(out),
                  "--bootstrap", "2"]) == 0
-    assert "KL pop. count" in capsys.readouterr().out
+    printed = capsys.readouterr().out
 
     saved = json.loads((out / "metrics.json").read_text())
+    kl = saved["metrics"]["kl_population_count"]
+    line = next(row for row in printed.splitlines() if row.startswith(metrics.METRIC_LABELS["kl_population_count"]))
+    assert line.split()[-4:] == [f"{kl['point']:.4g}", f"{kl['mean']:.4g}", "±", f"{kl['std']:.2g}"]
     assert set(saved["metrics"]) == set(metrics.METRIC_LABELS)
     assert set(saved["metrics"]["rmse_mean_isi"]) == {"mean", "std", "point", "bootstrap"}
     assert saved["real"]["n_trials"] == 40 and saved["generated"]["n_trials"] == 15

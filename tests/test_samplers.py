@@ -172,6 +172,7 @@ def test_trailing_exact_halves_round_to_even():
         ("ddim", 50, {"eta": 0.0}, "v"),
         ("dpm++", 20, {}, "epsilon"),
         ("dpm++", 20, {}, "v"),
+        ("sde-dpm++", 20, {}, "epsilon"),
     ],
 )
 def test_gaussian_moments(name, n, kw, pred):
@@ -228,7 +229,7 @@ def test_deterministic_given_initial_noise(name):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name, kw", [("ddpm", {}), ("ddim", {"eta": 0.5})])
+@pytest.mark.parametrize("name, kw", [("ddpm", {}), ("ddim", {"eta": 0.5}), ("sde-dpm++", {})])
 def test_seeded_reproducibility(name, kw):
     noise = torch.randn(30, 2, 5, generator=torch.Generator().manual_seed(11))
     a, b, c = (run(name, 40, shape=(30, 2, 5), seed=seed, **kw) for seed in (5, 5, 6))
@@ -268,6 +269,33 @@ def test_dpm_solver_second_order_step():
     h, r = lam[t2] - lam[t1], (lam[t1] - lam[t0]) / (lam[t2] - lam[t1])
     D = (1 + 1 / (2 * r)) * d_t - 1 / (2 * r) * d_prev
     expected = sigma[t2] / sigma[t1] * x1 - alpha[t2] * (np.exp(-h) - 1) * D
+    torch.testing.assert_close(x2, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_sde_dpm_solver_second_order_step():
+    """SDE-DPM-Solver++(2M) in the paper's form: x_s = (sig_s / sig_t) e^-h x_t + a_s (1 - e^-2h) D
+    + sig_s sqrt(1 - e^-2h) z, with D as in the ODE solver; its first step is a DDPM step."""
+    sampler = make_sampler("sde-dpm++", DiffusionSchedule())
+    sampler.set_timesteps(10)
+    t0, t1, t2 = sampler.timesteps[:3].tolist()
+    g = torch.Generator().manual_seed(2)
+    x0_, e0, e1 = (torch.randn(3, 2, 6, generator=g, dtype=torch.float64) for _ in range(3))
+    x1 = sampler.step(e0, t0, x0_, generator=torch.Generator().manual_seed(5))
+    x2 = sampler.step(e1, t1, x1, generator=torch.Generator().manual_seed(7))
+    z1, z2 = (torch.randn(3, 2, 6, generator=torch.Generator().manual_seed(k), dtype=torch.float64) for k in (5, 7))
+
+    alpha, sigma = np.sqrt(ABAR), np.sqrt(1 - ABAR)
+    lam = np.log(alpha / sigma)
+    d_prev = (x0_ - sigma[t0] * e0) / alpha[t0]
+    h0 = lam[t1] - lam[t0]
+    first = (sigma[t1] / sigma[t0] * np.exp(-h0) * x0_ + alpha[t1] * (1 - np.exp(-2 * h0)) * d_prev
+             + sigma[t1] * np.sqrt(1 - np.exp(-2 * h0)) * z1)
+    torch.testing.assert_close(x1, first, rtol=1e-10, atol=1e-10)
+    d_t = (x1 - sigma[t1] * e1) / alpha[t1]
+    h, r = lam[t2] - lam[t1], (lam[t1] - lam[t0]) / (lam[t2] - lam[t1])
+    D = (1 + 1 / (2 * r)) * d_t - 1 / (2 * r) * d_prev
+    expected = (sigma[t2] / sigma[t1] * np.exp(-h) * x1 + alpha[t2] * (1 - np.exp(-2 * h)) * D
+                + sigma[t2] * np.sqrt(1 - np.exp(-2 * h)) * z2)
     torch.testing.assert_close(x2, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -336,6 +364,8 @@ def test_invalid_arguments():
         DDIMSampler(schedule, spacing="uniform")
     with pytest.raises(ValueError, match="eta"):
         DDIMSampler(schedule, eta=1.5)
+    with pytest.raises(ValueError, match="eta"):
+        DPMSolverPPSampler(schedule, eta=-0.1)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_sampler("euler", schedule)
     sampler = DDIMSampler(schedule)

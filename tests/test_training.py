@@ -1,6 +1,7 @@
 """Training pipeline: configs, checkpoints, exact resume, the CLIs end to end, compiled vs eager."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -224,10 +225,37 @@ def test_train_then_sample_cli_end_to_end(tmp_path: Path) -> None:
     model.sample(2, length=5, steps=2)  # unseeded: fresh randomness, global generator untouched
     assert torch.equal(global_state, torch.get_rng_state())
 
+    # autoencoder reconstruction of variable-length trials: batched equals one trial at a time
+    recon = model.reconstruct(samples, seed=3, batch_size=2)
+    assert recon.rates.shape == (3, 12, 30) and recon.latents.shape == (3, 4, 30)
+    assert recon.lengths.tolist() == [7, 24, 30]
+    for i, length in enumerate([7, 24, 30]):
+        alone = model.reconstruct(samples.subset(np.array([i])), seed=3)
+        assert torch.allclose(alone.rates[0, :, :length], recon.rates[i, :, :length], rtol=1e-4, atol=1e-6)
+        assert not recon.rates[i, :, length:].any() and not recon.spikes[i, :, length:].any()
+    assert torch.equal(recon.spikes, model.reconstruct(samples, seed=3).spikes)
+    assert torch.equal(recon.spikes, recon.spikes.round()) and bool((recon.spikes >= 0).all())
+    with pytest.raises(ValueError, match="the data have 5 neurons, the autoencoder expects 12"):
+        model.reconstruct(dataclasses.replace(samples, spikes=samples.spikes[:, :, :5]))
+    assert evaluate_main(["--checkpoint", str(out), "--reconstruction", "--bootstrap", "0", "--no-plots",
+                          "--out", str(tmp_path / "recon")]) == 0
+    report = json.loads((tmp_path / "recon" / "metrics.json").read_text())
+    assert report["generated"]["n_trials"] == report["real"]["n_trials"] > 0
+    assert "reconstruction" in report["generated"]["description"]
+    with pytest.raises(SystemExit):
+        evaluate_main(["--generated", str(tmp_path / "s.h5"), "--real", str(tmp_path / "s.h5"), "--reconstruction"])
+
 
 def test_sample_cli_reports_a_missing_run(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="diffusion.pt does not exist"):
         sample_main([str(tmp_path), "--n", "2"])
+
+
+def test_sample_cli_rejects_eta_for_fixed_noise_samplers(tmp_path: Path, capsys) -> None:
+    for name in ("ddpm", "sde-dpm++"):
+        with pytest.raises(SystemExit):
+            sample_main([str(tmp_path), "--sampler", name, "--eta", "0.5"])
+        assert "--eta applies to ddim and dpm++" in capsys.readouterr().err
 
 
 def test_bad_override_is_a_clear_error(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 - :class:`NoiseSchedule`, :class:`DiffusionSchedule`: betas / cumulative alphas, ``add_noise``,
   training ``target`` (epsilon or v) and ``predict_x0_eps``.
-- :class:`DDPMSampler`, :class:`DDIMSampler`, :class:`DPMSolverPPSampler` (``make_sampler`` by name):
+- :class:`DDPMSampler`, :class:`DDIMSampler`, :class:`DPMSolverPPSampler`, :class:`SDEDPMSolverPPSampler`
+  (``make_sampler`` by name):
   ``set_timesteps(n)`` then ``step(model_output, t, sample, generator)``.
 - :func:`sample`: the seeded sampling loop around a ``model_fn(x [B, C, L], t [B]) -> [B, C, L]``.
 """
@@ -13,6 +14,7 @@ from .samplers import (
     DDPMSampler,
     DPMSolverPPSampler,
     Sampler,
+    SDEDPMSolverPPSampler,
     ddim_update,
     make_sampler,
     make_timesteps,
@@ -31,6 +33,7 @@ __all__ = [
     "DPMSolverPPSampler",
     "DiffusionSchedule",
     "NoiseSchedule",
+    "SDEDPMSolverPPSampler",
     "Sampler",
     "ddim_update",
     "make_betas",

@@ -13,6 +13,7 @@ the step from ``t`` lands on the next entry ``s`` of that array, or on the clean
   (for all ``T`` steps, the reference sampler with ``beta_tilde_t``) between any two chosen timesteps.
 - :class:`DPMSolverPPSampler`: DPM-Solver++(2M) (Lu et al. 2022), deterministic; it is the ``eta = 0``
   update with ``x0_hat`` replaced by its linear extrapolation in ``lambda = log(sqrt(abar / (1 - abar)))``.
+- :class:`SDEDPMSolverPPSampler`: its SDE variant, the same extrapolation in the ``eta = 1`` update.
 """
 from __future__ import annotations
 
@@ -175,12 +176,21 @@ class DDPMSampler(DDIMSampler):
 
 
 class DPMSolverPPSampler(Sampler):
-    """DPM-Solver++(2M): second-order multistep ODE solver in data (``x0``) prediction; deterministic.
+    """DPM-Solver++(2M): second-order multistep solver in data (``x0``) prediction.
 
+    ``eta = 0`` (default) solves the probability-flow ODE (deterministic). ``eta = 1`` is the SDE variant
+    (SDE-DPM-Solver++(2M), Lu et al. 2022): the same extrapolated ``x0_hat`` in the ancestral (DDPM
+    posterior) update, whose injected noise corrects model errors the way 1000-step DDPM does.
     The first step has no history and the last one lands on ``abar = 1`` (``lambda = inf``, where the
-    second-order term is undefined), so both are first order (identical to DDIM with ``eta = 0``).
+    second-order term is undefined), so both are first order (identical to DDIM with the same ``eta``).
     Steps must be taken in order; a step whose predecessor was not the previous timestep is first order.
     """
+
+    def __init__(self, schedule: DiffusionSchedule, eta: float = 0.0, spacing: str = "trailing") -> None:
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+        super().__init__(schedule, spacing)
+        self.eta = float(eta)
 
     def reset(self) -> None:
         self._history: tuple[int, torch.Tensor] | None = None  # (timestep, x0_hat) of the last step
@@ -201,7 +211,14 @@ class DPMSolverPPSampler(Sampler):
             r = (lam_t - lam_prev) / (lam_s - lam_t)
             x0 = x0 + (x0 - previous[1]) / (2 * r)
             eps = (sample - math.sqrt(abar_t) * x0) / math.sqrt(1 - abar_t)
-        return ddim_update(x0, eps, abar_t, abar_s, 0.0)
+        return ddim_update(x0, eps, abar_t, abar_s, self.eta, generator)
+
+
+class SDEDPMSolverPPSampler(DPMSolverPPSampler):
+    """SDE-DPM-Solver++(2M): :class:`DPMSolverPPSampler` with ``eta = 1`` (stochastic)."""
+
+    def __init__(self, schedule: DiffusionSchedule, spacing: str = "trailing") -> None:
+        super().__init__(schedule, eta=1.0, spacing=spacing)
 
 
 def _log_snr(abar: float) -> float:
@@ -209,11 +226,14 @@ def _log_snr(abar: float) -> float:
     return 0.5 * (math.log(abar) - math.log1p(-abar))
 
 
-SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm++": DPMSolverPPSampler}
+SAMPLERS: dict[str, type[Sampler]] = {
+    "ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm++": DPMSolverPPSampler, "sde-dpm++": SDEDPMSolverPPSampler,
+}
 
 
 def make_sampler(name: str, schedule: DiffusionSchedule, **kwargs) -> Sampler:
-    """Sampler by name (``"ddpm"``, ``"ddim"``, ``"dpm++"``; case-insensitive); ``kwargs`` go to its constructor."""
+    """Sampler by name (``"ddpm"``, ``"ddim"``, ``"dpm++"``, ``"sde-dpm++"``; case-insensitive); ``kwargs`` go
+    to its constructor."""
     key = name.lower() if isinstance(name, str) else name
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
