@@ -2,14 +2,15 @@
 its SDE variant at 10/20/50 steps on a trained run.
 
     python benchmarks/quality_vs_speed.py runs/lorenz --out benchmarks/results/quality_vs_speed_lorenz_cpu
-        [--reference test|train] [--samplers ddpm-1000,dpm++-20] [--seed 0] [--device cpu]
+        [--reference test|train] [--samplers ddpm-1000,dpm++-20] [--seeds 0,1,2] [--device cpu]
 
-Each sampler generates as many trials as the reference split holds (same lengths, same seed) and the
+Each sampler generates as many trials as the reference split holds (same lengths, each seed) and the
 paper's metrics compare them with that split: ``test`` (held out, the default) or ``train`` (the paper's
 Lorenz protocol: as many samples as training trials). Two more rows bound what a sampler can reach: real
 against real (the other split against the reference: the sampling-noise floor) and the autoencoder's
 reconstructions of the reference trials (the run's ceiling). Values are on the full sets (``point``),
-with the standard deviation over 5 bootstrap resamples. Writes ``OUT.json`` and ``OUT.md``.
+with the standard deviation over 5 bootstrap resamples, or with several ``--seeds`` their mean and
+standard deviation over seeds. Writes ``OUT.json`` and ``OUT.md``.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ldns_fast.data import SpikeData
 from ldns_fast.diffusion import SAMPLERS
 from ldns_fast.metrics import METRIC_LABELS, compare
 from ldns_fast.pipeline import LDNS
@@ -42,45 +45,56 @@ def parse_sampler(spec: str) -> tuple[str, int]:
     return name, int(steps)
 
 
-def run(run_dir: Path, samplers: list[str], reference: str, seed: int, device: str) -> dict:
+def run(run_dir: Path, samplers: list[str], reference: str, seeds: list[int], device: str) -> dict:
     model = LDNS.load(run_dir, device)
     data = load_data(model.config)
     other = "train" if reference == "test" else "test"
     real, floor_set = data.split(reference), data.split(other)
 
-    def against_real(generated_spikes, generated_lengths) -> dict:
-        return compare(real.spikes, generated_spikes, data.bin_width, N_BOOTSTRAP, seed,
-                       real_lengths=real.lengths, generated_lengths=generated_lengths)
+    def against_real(generated: SpikeData, seed: int) -> dict:
+        return compare(real.spikes, generated.spikes, data.bin_width, N_BOOTSTRAP, seed,
+                       real_lengths=real.lengths, generated_lengths=generated.lengths)
 
-    rows = {f"real ({other} vs {reference})": {"seconds": None,
-                                               "metrics": against_real(floor_set.spikes, floor_set.lengths)}}
-    recon = model.reconstruct(real, seed=seed).to_spike_data(data.bin_width)
-    rows["autoencoder reconstruction"] = {"seconds": None, "metrics": against_real(recon.spikes, recon.lengths)}
+    rows = {f"real ({other} vs {reference})": {"seconds": [], "metrics": [against_real(floor_set, seeds[0])]}}
+    rows["autoencoder reconstruction"] = {"seconds": [], "metrics": [
+        against_real(model.reconstruct(real, seed=seed).to_spike_data(data.bin_width), seed) for seed in seeds]}
     for spec in samplers:
         name, steps = parse_sampler(spec)
-        started = time.perf_counter()
-        out = model.sample(real.n_trials, lengths=torch.as_tensor(real.lengths), sampler=name, steps=steps, seed=seed)
-        seconds = time.perf_counter() - started
-        generated = out.to_spike_data(data.bin_width)
-        rows[spec] = {"seconds": seconds, "metrics": against_real(generated.spikes, generated.lengths)}
-        print(f"{spec}: {seconds:.1f} s", file=sys.stderr)
-    return {"run": str(run_dir), "reference": reference, "n_trials": real.n_trials, "seed": seed,
+        rows[spec] = {"seconds": [], "metrics": []}
+        for seed in seeds:
+            started = time.perf_counter()
+            out = model.sample(real.n_trials, lengths=torch.as_tensor(real.lengths), sampler=name, steps=steps,
+                               seed=seed)
+            rows[spec]["seconds"].append(time.perf_counter() - started)
+            rows[spec]["metrics"].append(against_real(out.to_spike_data(data.bin_width), seed))
+            print(f"{spec} seed {seed}: {rows[spec]['seconds'][-1]:.1f} s", file=sys.stderr)
+    return {"run": str(run_dir), "reference": reference, "n_trials": real.n_trials, "seeds": seeds,
             "n_bootstrap": N_BOOTSTRAP, "device": device, "torch_threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine(), "command": " ".join(sys.argv), "rows": rows}
 
 
+def summary(runs: list[dict], metric: str) -> tuple[float, float]:
+    """One seed: the full-set value and its bootstrap std; several: mean and std (ddof 1) over seeds."""
+    if len(runs) == 1:
+        return runs[0][metric]["point"], runs[0][metric]["std"]
+    values = np.array([r[metric]["point"] for r in runs])
+    return float(values.mean()), float(values.std(ddof=1))
+
+
 def markdown(result: dict) -> str:
+    seeds = result["seeds"]
+    spread = (f"seed {seeds[0]}, ± std over {result['n_bootstrap']} bootstrap resamples" if len(seeds) == 1 else
+              f"mean ± std over seeds {seeds} (the real-vs-real row: one value ± bootstrap std)")
     head = "| sampler | time (s) | speedup vs DDPM-1000 | " + " | ".join(METRIC_LABELS[c] for c in COLUMNS) + " |"
     lines = [f"Command: `{result['command']}` ({result['n_trials']} {result['reference']} trials and as many "
-             f"generated, seed {result['seed']}, {result['device']}, {result['torch_threads']} threads). Values on "
-             f"the full sets ± std over {result['n_bootstrap']} bootstrap resamples.", "", head,
-             "|" + "---|" * (len(COLUMNS) + 3)]
+             f"generated, {result['device']}, {result['torch_threads']} threads). Values on the full sets, "
+             f"{spread}.", "", head, "|" + "---|" * (len(COLUMNS) + 3)]
     ddpm = result["rows"].get("ddpm-1000", {}).get("seconds")
     for name, row in result["rows"].items():
-        seconds = row["seconds"]
+        seconds = float(np.mean(row["seconds"])) if row["seconds"] else None
         timing = "-" if seconds is None else f"{seconds:.1f}"
-        speedup = "-" if seconds is None or ddpm is None else f"{ddpm / seconds:.1f}x"
-        values = " | ".join(f"{row['metrics'][c]['point']:.4g} ± {row['metrics'][c]['std']:.1g}" for c in COLUMNS)
+        speedup = "-" if seconds is None or not ddpm else f"{np.mean(ddpm) / seconds:.1f}x"
+        values = " | ".join("{:.4g} ± {:.1g}".format(*summary(row["metrics"], c)) for c in COLUMNS)
         lines.append(f"| {name} | {timing} | {speedup} | {values} |")
     return "\n".join(lines) + "\n"
 
@@ -92,7 +106,7 @@ def main() -> None:
     parser.add_argument("--reference", default="test", choices=["test", "train"], help="real split compared with")
     parser.add_argument("--samplers", default=",".join(CONFIGS),
                         help="comma-separated NAME-STEPS list (default: all of the study)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated sampling seeds (default 0)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     samplers = args.samplers.split(",")
@@ -101,7 +115,11 @@ def main() -> None:
             parse_sampler(spec)
         except argparse.ArgumentTypeError as err:
             parser.error(str(err))
-    result = run(args.run, samplers, args.reference, args.seed, args.device)
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    result = run(args.run, samplers, args.reference, seeds, args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

@@ -2,7 +2,7 @@
 
     python -m ldns_fast.evaluate --real REAL.h5 --generated GEN.h5 [--split test] [--out DIR]
         [--bootstrap 5] [--seed 0] [--no-plots]
-    python -m ldns_fast.evaluate --checkpoint RUN [--real REAL.h5] [--sampler ddim --steps 20] [--out DIR]
+    python -m ldns_fast.evaluate --checkpoint RUN [--real REAL.h5] [--sampler sde-dpm++ --steps 20] [--out DIR]
     python -m ldns_fast.evaluate --checkpoint RUN --reconstruction [--split test]
 
 Both files use the format of ``docs/data_format.md``. The real file's ``--split`` (or ``all``) is
@@ -135,8 +135,9 @@ def evaluate_files(
 
 
 def sample_from_run(
-    run_dir: str | os.PathLike, lengths: np.ndarray, *, sampler: str = "ddim", steps: int = 20, seed: int = 0,
-    device: str = "cpu", progress: bool = False, spike_history: bool = False, like: SpikeData | None = None,
+    run_dir: str | os.PathLike, lengths: np.ndarray, *, sampler: str = "sde-dpm++", steps: int = 20,
+    seed: int = 0, device: str = "cpu", progress: bool = False, spike_history: bool = False,
+    like: SpikeData | None = None,
 ) -> SpikeData:
     """Generate one trial per entry of ``lengths`` from a trained run, as an in-memory :class:`SpikeData`.
 
@@ -173,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--generated", help="HDF5 file of generated data (all trials used)")
     source.add_argument("--checkpoint", help="trained run folder to sample the generated trials from")
-    parser.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS), help="with --checkpoint")
+    parser.add_argument("--sampler", default="sde-dpm++", choices=sorted(SAMPLERS), help="with --checkpoint")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps with --checkpoint")
     parser.add_argument("--device", default="cpu", help="device for sampling with --checkpoint")
     parser.add_argument("--spike-history", action="store_true",

@@ -115,7 +115,7 @@ class LDNS:
     @torch.no_grad()
     def sample(
         self, n: int, length: int | None = None, lengths: list[int] | torch.Tensor | None = None,
-        sampler: str = "ddim", steps: int = 20, seed: int | None = None, batch_size: int = 256,
+        sampler: str = "sde-dpm++", steps: int = 20, seed: int | None = None, batch_size: int = 256,
         progress: bool = False, spike_history: bool = False, conditions: torch.Tensor | None = None,
         behavior: torch.Tensor | None = None, guidance_scale: float = 1.0, compile: bool = False,
         **sampler_kwargs,
