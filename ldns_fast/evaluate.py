@@ -20,7 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from ldns_fast.data import SpikeData, read_dataset
 from ldns_fast.diffusion import SAMPLERS
 from ldns_fast.metrics import METRIC_LABELS, compare
 from ldns_fast.plots import plot_all
+
+if TYPE_CHECKING:
+    from ldns_fast.pipeline import LDNS
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
 
@@ -135,22 +138,18 @@ def evaluate_files(
 
 
 def sample_from_run(
-    run_dir: str | os.PathLike, lengths: np.ndarray, *, sampler: str = "sde-dpm++", steps: int = 20,
-    seed: int = 0, device: str = "cpu", progress: bool = False, spike_history: bool = False,
-    like: SpikeData | None = None,
+    model: LDNS, lengths: np.ndarray, *, sampler: str = "sde-dpm++", steps: int = 20, seed: int = 0,
+    progress: bool = False, spike_history: bool = False, like: SpikeData | None = None, source: str = "",
 ) -> SpikeData:
-    """Generate one trial per entry of ``lengths`` from a trained run, as an in-memory :class:`SpikeData`.
+    """Generate one trial per entry of ``lengths`` from a loaded run, as an in-memory :class:`SpikeData`.
 
     A conditional run is given the conditions and behaviour of the real trials ``like`` (the set it is
-    compared with); an unconditional run ignores them.
+    compared with); an unconditional run ignores them. ``source`` names the run in the description.
     """
-    from ldns_fast.pipeline import LDNS
-
-    model = LDNS.load(run_dir, device)
     kwargs = model.condition_inputs(like) if like is not None else {}
     out = model.sample(len(lengths), lengths=torch.as_tensor(lengths), sampler=sampler, steps=steps, seed=seed,
                        progress=progress, spike_history=spike_history, **kwargs)
-    return out.to_spike_data(model.bin_width, f"sampled from {run_dir} ({sampler}-{steps}, seed {seed})")
+    return out.to_spike_data(model.bin_width, f"sampled from {source} ({sampler}-{steps}, seed {seed})")
 
 
 def format_table(metrics: dict[str, dict[str, object]]) -> str:
@@ -191,27 +190,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _evaluate_checkpoint(args: argparse.Namespace) -> dict[str, object]:
-    """Sample as many trials as the real split holds (same lengths) from ``--checkpoint`` and compare."""
-    if args.real is not None:
-        real = read_dataset(args.real)
-    else:
-        from ldns_fast.pipeline import LDNS
-        from ldns_fast.training.stages import load_data
+    """Load ``--checkpoint`` once; sample as many trials as the real split holds (same lengths), or
+    reconstruct them with ``--reconstruction``, and compare."""
+    from ldns_fast.pipeline import LDNS
+    from ldns_fast.training.stages import load_data
 
-        real = load_data(LDNS.load(args.checkpoint).config)
+    model = LDNS.load(args.checkpoint, args.device)
+    real = read_dataset(args.real) if args.real is not None else load_data(model.config)
     if args.split != "all":
         real = real.split(args.split)
     if real.n_trials == 0:
         raise ValueError(f"the real data's {args.split!r} split holds no trials")
     if args.reconstruction:
-        from ldns_fast.pipeline import LDNS
-
-        recon = LDNS.load(args.checkpoint, args.device).reconstruct(real, seed=args.seed)
+        recon = model.reconstruct(real, seed=args.seed)
         generated = recon.to_spike_data(real.bin_width, f"autoencoder reconstruction by {args.checkpoint}")
     else:
-        generated = sample_from_run(args.checkpoint, real.lengths, sampler=args.sampler, steps=args.steps,
-                                    seed=args.seed, device=args.device, spike_history=args.spike_history,
-                                    like=real)
+        generated = sample_from_run(model, real.lengths, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                    spike_history=args.spike_history, like=real, source=args.checkpoint)
     return evaluate_data(real, generated, out_dir=args.out, n_bootstrap=args.bootstrap, seed=args.seed,
                          plots=not args.no_plots, split=args.split)
 
