@@ -169,39 +169,35 @@ STEP_VARIANTS = ["unfused", "recompute", "cached", "compiled"]
 TRAIN_VARIANTS = ["unfused", "fused", "compiled"]
 
 
-def measure(benchmark, variant: str, baseline: str, make: Callable[[str], Callable[[], None]], rounds: int):
-    """``(median, baseline median)`` seconds; the baseline runs before every round of another variant."""
+def measure(
+    benchmark, variant: str, baseline: str, make: Callable[[str], Callable[[], None]], rounds: int, unit: str,
+    **info: object,
+) -> None:
+    """Time ``variant`` against ``baseline`` (run before every round of another variant) and record
+    ``{baseline}_seconds``, ``speedup_vs_{baseline}`` and ``{unit}_per_second`` (``BATCH`` per call)."""
     if variant == baseline:
-        median = run_benchmark(benchmark, make(variant), rounds)
-        return median, median
-    return run_paired_benchmark(benchmark, make(variant), make(baseline), rounds)
+        median = base = run_benchmark(benchmark, make(variant), rounds)
+    else:
+        median, base = run_paired_benchmark(benchmark, make(variant), make(baseline), rounds)
+    benchmark.extra_info.update(
+        {f"{baseline}_seconds": base, f"speedup_vs_{baseline}": base / median, f"{unit}_per_second": BATCH / median},
+        device=str(DEVICE), variant=variant, B=BATCH, L=LENGTH, **info,
+    )
 
 
 @pytest.mark.parametrize("variant", SAMPLE_VARIANTS)
 def test_ddim20_sample(benchmark, variant):
     benchmark.group = f"DDIM-{STEPS} sample, paper Lorenz denoiser, B={BATCH} L={LENGTH}"
-    median, base = measure(benchmark, variant, "recompute", ddim_call, SAMPLE_ROUNDS)
-    benchmark.extra_info.update(
-        device=str(DEVICE), variant=variant, steps=STEPS, B=BATCH, L=LENGTH, recompute_seconds=base,
-        speedup_vs_recompute=base / median, samples_per_second=BATCH / median,
-    )
+    measure(benchmark, variant, "recompute", ddim_call, SAMPLE_ROUNDS, "samples", steps=STEPS)
 
 
 @pytest.mark.parametrize("variant", STEP_VARIANTS)
 def test_denoiser_step(benchmark, variant):
     benchmark.group = f"denoiser step, paper Lorenz denoiser, B={BATCH} L={LENGTH}"
-    median, base = measure(benchmark, variant, "unfused", step_call, STEP_ROUNDS)
-    benchmark.extra_info.update(
-        device=str(DEVICE), variant=variant, B=BATCH, L=LENGTH, unfused_seconds=base,
-        speedup_vs_unfused=base / median, trials_per_second=BATCH / median,
-    )
+    measure(benchmark, variant, "unfused", step_call, STEP_ROUNDS, "trials")
 
 
 @pytest.mark.parametrize("variant", TRAIN_VARIANTS)
 def test_denoiser_training_step(benchmark, variant):
     benchmark.group = f"denoiser training step, paper Lorenz denoiser, B={BATCH} L={LENGTH}"
-    median, base = measure(benchmark, variant, "unfused", training_call, TRAIN_ROUNDS)
-    benchmark.extra_info.update(
-        device=str(DEVICE), variant=variant, B=BATCH, L=LENGTH, unfused_seconds=base,
-        speedup_vs_unfused=base / median, trials_per_second=BATCH / median,
-    )
+    measure(benchmark, variant, "unfused", training_call, TRAIN_ROUNDS, "trials")
