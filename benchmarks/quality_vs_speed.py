@@ -2,7 +2,9 @@
 its SDE variant at 10/20/50 steps on a trained run.
 
     python benchmarks/quality_vs_speed.py runs/lorenz --out benchmarks/results/quality_vs_speed_lorenz_cpu
-        [--reference test|train] [--samplers ddpm-1000,dpm++-20] [--seeds 0,1,2] [--device cpu]
+        [--reference test|train] [--samplers ddpm-1000,dpm++-20,dpm++-20:trailing] [--seeds 0,1,2] [--device cpu]
+
+A sampler is ``NAME-STEPS``, with its default timestep spacing, or ``NAME-STEPS:SPACING``.
 
 Each sampler generates as many trials as the reference split holds (same lengths, each seed) and the
 paper's metrics compare them with that split: ``test`` (held out, the default) or ``train`` (the paper's
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from ldns_fast.data import SpikeData
-from ldns_fast.diffusion import SAMPLERS
+from ldns_fast.diffusion import SAMPLERS, SPACINGS
 from ldns_fast.metrics import METRIC_LABELS, compare
 from ldns_fast.pipeline import LDNS
 from ldns_fast.training.stages import load_data
@@ -37,12 +39,14 @@ COLUMNS = ["kl_population_count", "rmse_correlation", "rmse_mean_isi", "rmse_std
 N_BOOTSTRAP = 5
 
 
-def parse_sampler(spec: str) -> tuple[str, int]:
-    """``"dpm++-20"`` -> ``("dpm++", 20)``."""
-    name, _, steps = spec.rpartition("-")
-    if name not in SAMPLERS or not steps.isdigit():
-        raise argparse.ArgumentTypeError(f"sampler must be NAME-STEPS with NAME in {sorted(SAMPLERS)}, got {spec!r}")
-    return name, int(steps)
+def parse_sampler(spec: str) -> tuple[str, int, dict[str, str]]:
+    """``"dpm++-20"`` -> ``("dpm++", 20, {})``; ``"dpm++-20:trailing"`` -> ``("dpm++", 20, {"spacing": "trailing"})``."""
+    head, _, spacing = spec.partition(":")
+    name, _, steps = head.rpartition("-")
+    if name not in SAMPLERS or not steps.isdigit() or (spacing and spacing not in SPACINGS):
+        raise argparse.ArgumentTypeError(f"sampler must be NAME-STEPS or NAME-STEPS:SPACING with NAME in "
+                                         f"{sorted(SAMPLERS)} and SPACING in {SPACINGS}, got {spec!r}")
+    return name, int(steps), {"spacing": spacing} if spacing else {}
 
 
 def run(run_dir: Path, samplers: list[str], reference: str, seeds: list[int], device: str) -> dict:
@@ -59,12 +63,12 @@ def run(run_dir: Path, samplers: list[str], reference: str, seeds: list[int], de
     rows["autoencoder reconstruction"] = {"seconds": [], "metrics": [
         against_real(model.reconstruct(real, seed=seed).to_spike_data(data.bin_width), seed) for seed in seeds]}
     for spec in samplers:
-        name, steps = parse_sampler(spec)
+        name, steps, kwargs = parse_sampler(spec)
         rows[spec] = {"seconds": [], "metrics": []}
         for seed in seeds:
             started = time.perf_counter()
             out = model.sample(real.n_trials, lengths=torch.as_tensor(real.lengths), sampler=name, steps=steps,
-                               seed=seed)
+                               seed=seed, **kwargs)
             rows[spec]["seconds"].append(time.perf_counter() - started)
             rows[spec]["metrics"].append(against_real(out.to_spike_data(data.bin_width), seed))
             print(f"{spec} seed {seed}: {rows[spec]['seconds'][-1]:.1f} s", file=sys.stderr)
@@ -105,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
     parser.add_argument("--reference", default="test", choices=["test", "train"], help="real split compared with")
     parser.add_argument("--samplers", default=",".join(CONFIGS),
-                        help="comma-separated NAME-STEPS list (default: all of the study)")
+                        help="comma-separated NAME-STEPS[:SPACING] list (default: all of the study)")
     parser.add_argument("--seeds", default="0", help="comma-separated sampling seeds (default 0)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

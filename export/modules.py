@@ -126,9 +126,9 @@ class UnrolledSampler(nn.Module):
         guidance_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not isinstance(sampler, str) or sampler.lower() not in ("ddim", "dpm++"):
+            raise ValueError(f"only deterministic samplers ('ddim', 'dpm++') can be exported, got {sampler!r}")
         self.sampler = make_sampler(sampler, copy.deepcopy(schedule))  # tracing fills its tables
-        if sampler.lower() == "ddpm":
-            raise ValueError("only deterministic samplers ('ddim', 'dpm++') can be exported")
         self.sampler.set_timesteps(steps)
         self.timesteps: list[int] = self.sampler.timesteps.tolist()
         self.denoiser = to_diagonal_s4(denoiser, conv)

@@ -84,7 +84,8 @@ def export_onnx(
     )
     _export(sampler_module, {"noise": example["noise"], "lengths": example["lengths"], **cond},
             ["latents", "rates"], files.sampler,
-            {**base, "graph": "sampler", "sampler": sampler, "steps": steps, "guidance_scale": guidance_scale})
+            {**base, "graph": "sampler", "sampler": sampler, "steps": steps, "timesteps": sampler_module.timesteps,
+             "guidance_scale": guidance_scale})
     _export(DenoiserStep(ldns.denoiser, conv), {"x": example["noise"], "t": example["t"],
             "lengths": example["lengths"], **cond}, ["output"], files.denoiser,
             {**base, "graph": "denoiser", "prediction_type": ldns.schedule.prediction_type,

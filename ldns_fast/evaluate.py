@@ -27,7 +27,7 @@ import torch
 
 from ldns_fast.atomic import atomic_write
 from ldns_fast.data import SpikeData, read_dataset
-from ldns_fast.diffusion import SAMPLERS
+from ldns_fast.diffusion import SAMPLERS, SPACINGS
 from ldns_fast.metrics import METRIC_LABELS, compare
 from ldns_fast.plots import plot_all
 
@@ -139,17 +139,22 @@ def evaluate_files(
 
 def sample_from_run(
     model: LDNS, lengths: np.ndarray, *, sampler: str = "sde-dpm++", steps: int = 20, seed: int = 0,
-    progress: bool = False, spike_history: bool = False, like: SpikeData | None = None, source: str = "",
+    spacing: str | None = None, progress: bool = False, spike_history: bool = False,
+    like: SpikeData | None = None, source: str = "",
 ) -> SpikeData:
     """Generate one trial per entry of ``lengths`` from a loaded run, as an in-memory :class:`SpikeData`.
 
     A conditional run is given the conditions and behaviour of the real trials ``like`` (the set it is
-    compared with); an unconditional run ignores them. ``source`` names the run in the description.
+    compared with); an unconditional run ignores them. ``spacing`` overrides the sampler's default
+    timesteps. ``source`` names the run in the description.
     """
     kwargs = model.condition_inputs(like) if like is not None else {}
+    if spacing is not None:
+        kwargs["spacing"] = spacing
     out = model.sample(len(lengths), lengths=torch.as_tensor(lengths), sampler=sampler, steps=steps, seed=seed,
                        progress=progress, spike_history=spike_history, **kwargs)
-    return out.to_spike_data(model.bin_width, f"sampled from {source} ({sampler}-{steps}, seed {seed})")
+    spaced = "" if spacing is None else f", {spacing} spacing"
+    return out.to_spike_data(model.bin_width, f"sampled from {source} ({sampler}-{steps}{spaced}, seed {seed})")
 
 
 def format_table(metrics: dict[str, dict[str, object]]) -> str:
@@ -175,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="trained run folder to sample the generated trials from")
     parser.add_argument("--sampler", default="sde-dpm++", choices=sorted(SAMPLERS), help="with --checkpoint")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps with --checkpoint")
+    parser.add_argument("--spacing", choices=SPACINGS,
+                        help="timesteps with --checkpoint (default: the sampler's, see python -m ldns_fast.sample)")
     parser.add_argument("--device", default="cpu", help="device for sampling with --checkpoint")
     parser.add_argument("--spike-history", action="store_true",
                         help="with --checkpoint: draw spikes with the run's spike-history model")
@@ -206,7 +213,8 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict[str, object]:
         generated = recon.to_spike_data(real.bin_width, f"autoencoder reconstruction by {args.checkpoint}")
     else:
         generated = sample_from_run(model, real.lengths, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                    spike_history=args.spike_history, like=real, source=args.checkpoint)
+                                    spacing=args.spacing, spike_history=args.spike_history, like=real,
+                                    source=args.checkpoint)
     return evaluate_data(real, generated, out_dir=args.out, n_bootstrap=args.bootstrap, seed=args.seed,
                          plots=not args.no_plots, split=args.split)
 

@@ -20,7 +20,7 @@ import torch
 
 from ldns_fast.checkpoint import CheckpointError
 from ldns_fast.data import read_dataset, write_dataset
-from ldns_fast.diffusion import SAMPLERS
+from ldns_fast.diffusion import SAMPLERS, SPACINGS
 from ldns_fast.pipeline import LDNS, Samples
 
 
@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="sde-dpm++", choices=sorted(SAMPLERS),
                    help="default sde-dpm++: the 20-step sampler closest to 1000-step DDPM (measured)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (DDPM reference: 1000)")
+    p.add_argument("--spacing", choices=SPACINGS,
+                   help="timesteps (default: logsnr for dpm++ and sde-dpm++, trailing for ddim and ddpm)")
     p.add_argument("--eta", type=float, help="noise scale of ddim / dpm++ in [0, 1] (default 0: deterministic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as err:
         raise SystemExit(f"error: {err}") from err
     kwargs = {} if args.eta is None else {"eta": args.eta}
+    if args.spacing is not None:
+        kwargs["spacing"] = args.spacing
     lengths = args.lengths
     try:
         if args.like is not None:
@@ -84,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from err
     seconds = time.perf_counter() - started
     out = args.out or args.run / "samples.h5"
-    description = f"ldns_fast samples: {args.sampler}-{args.steps}, seed {args.seed}, from {args.run}"
+    spacing = "" if args.spacing is None else f" ({args.spacing} spacing)"
+    description = f"ldns_fast samples: {args.sampler}-{args.steps}{spacing}, seed {args.seed}, from {args.run}"
     write_samples(out, samples, model.bin_width, description)
     print(f"wrote {n} trials to {out} in {seconds:.1f} s ({args.sampler}, {args.steps} steps)", file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ pytest.importorskip("onnxscript")
 
 from ldns_fast.config import merge, preset  # noqa: E402
 from ldns_fast.data import read_dataset, valid_mask  # noqa: E402
-from ldns_fast.diffusion import make_sampler, sample  # noqa: E402
+from ldns_fast.diffusion import make_sampler, make_timesteps, sample  # noqa: E402
 from ldns_fast.export import ExportError, OnnxSampler, export_onnx, read_metadata  # noqa: E402
 from ldns_fast.export.diagonal import diagonal_form  # noqa: E402
 from ldns_fast.export.modules import KERNEL_CHUNK, DiagonalS4  # noqa: E402
@@ -166,6 +166,7 @@ def test_metadata_describes_the_model(unconditional) -> None:
     model, out = unconditional
     meta = read_metadata(out / "sampler.onnx")
     assert meta["graph"] == "sampler" and (meta["sampler"], meta["steps"], meta["conv"]) == ("ddim", STEPS, "direct")
+    assert meta["timesteps"] == make_timesteps(model.schedule, STEPS, "trailing").tolist()  # DDIM's default spacing
     assert meta["bin_width"] == model.bin_width and meta["n_neurons"] == 12 and meta["latent_channels"] == 4
     assert np.allclose(meta["latent_mean"], model.latent_mean.numpy())
     assert np.allclose(meta["latent_std"], model.latent_std.numpy())
@@ -277,6 +278,8 @@ def test_export_refuses_stochastic_samplers_and_existing_files(unconditional, tm
     model, out = unconditional
     with pytest.raises(ValueError, match="only deterministic samplers"):
         export_onnx(model, tmp_path, sampler="ddpm", steps=2)
+    with pytest.raises(ValueError, match="only deterministic samplers"):  # noise drawn at tracing would be baked in
+        export_onnx(model, tmp_path, sampler="sde-dpm++", steps=2)
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         export_onnx(model, out, steps=2)
     with pytest.raises(ValueError, match="conv must be"):

@@ -192,13 +192,20 @@ def test_train_then_sample_cli_end_to_end(tmp_path: Path) -> None:
     assert not samples.spikes[0, 7:].any() and not samples.rates[1, 24:].any()
     assert np.all(samples.rates[2] > 0)
 
-    assert evaluate_main(["--checkpoint", str(out), "--steps", "2", "--bootstrap", "2", "--no-plots",
-                          "--out", str(tmp_path / "eval")]) == 0
+    assert evaluate_main(["--checkpoint", str(out), "--steps", "2", "--spacing", "linspace", "--bootstrap", "2",
+                          "--no-plots", "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["generated"]["n_trials"] == report["real"]["n_trials"] > 0
     assert report["metrics"]["kl_population_count"]["mean"] >= 0
+    assert "linspace spacing" in report["generated"]["description"]
 
     model = LDNS.load(out)
+    assert sample_main([str(out), "--n", "2", "--steps", "4", "--spacing", "trailing", "--seed", "3", "--no-progress",
+                        "--out", str(tmp_path / "t.h5")]) == 0
+    trailing = model.sample(2, steps=4, seed=3, spacing="trailing")
+    np.testing.assert_allclose(read_dataset(tmp_path / "t.h5").latents,
+                               trailing.to_spike_data(model.bin_width).latents, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(model.sample(2, steps=4, seed=3).latents, trailing.latents)  # default: logsnr
     a = model.sample(4, length=10, steps=3, seed=11)
     b = model.sample(4, length=10, steps=3, seed=11)
     c = model.sample(4, length=10, steps=3, seed=12)
