@@ -181,7 +181,8 @@ def test_bootstrap_is_seeded_and_matches_resampled_recomputation():
 
 
 def test_compare_speed_smaller_size():
-    """Quarter of the 2000 x 140 x 182 benchmark (full size measured at ~3.4 s on 2 cores)."""
+    """A regression guard at a quarter of the 2000 x 140 x 182 size benchmarked in
+    ``benchmarks/test_metrics_bench.py`` (results: ``benchmarks/results/metrics_cpu.md``)."""
     real, generated = _poisson(500, 140, 182, 0.1, seed=16), _poisson(500, 140, 182, 0.1, seed=17)
     start = time.perf_counter()
     result = metrics.compare(real, generated, BIN, n_bootstrap=5, seed=0)
