@@ -55,8 +55,7 @@ def make_timesteps(schedule: DiffusionSchedule, num_inference_steps: int, spacin
     elif spacing == "linspace":
         steps = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64)).flip(0)
     else:
-        abar = schedule.alphas_cumprod
-        lam = 0.5 * (abar.log() - (-abar).log1p())  # [T], decreasing in t
+        lam = torch.tensor([_log_snr(schedule.alpha_bar(t)) for t in range(T)], dtype=torch.float64)  # decreasing
         targets = torch.linspace(float(lam[-1]), float(lam[0]), n, dtype=torch.float64)
         nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).to(torch.float64)
         # Entry k may be at most T-1-k; lifting each to above its successor keeps that bound and makes
