@@ -1,4 +1,4 @@
-"""Benchmark set-up: device choice, Triton interpreter off the timing path, same-run baselines."""
+"""Benchmark set-up: device choice, Triton interpreter off the timing path, same-run baselines, ``--toy``."""
 from __future__ import annotations
 
 import os
@@ -50,6 +50,24 @@ class Baselines:
         if key not in self._cache:
             self._cache[key] = (median_seconds(fn, rounds), peak_memory_bytes(fn, DEVICE))
         return self._cache[key]
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--toy", action="store_true",
+                     help="dry run (run_gpu.py --dry-run): only the first case of each benchmark function")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not config.getoption("--toy"):
+        return
+    seen: set[tuple[str, str]] = set()
+    keep, drop = [], []
+    for item in items:
+        key = (item.module.__name__, item.originalname)
+        (drop if key in seen else keep).append(item)
+        seen.add(key)
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
 
 
 @pytest.fixture(scope="session")

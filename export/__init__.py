@@ -12,7 +12,7 @@ import importlib
 
 _HOMES = {
     "OnnxSampler": "runtime", "SampleBatch": "runtime", "read_metadata": "runtime",
-    "export_onnx": "onnx_export", "ExportedFiles": "onnx_export", "ExportError": "diagonal",
+    "export_onnx": "onnx_export", "ExportedFiles": "onnx_export", "ExportError": "errors",
 }
 __all__ = sorted(_HOMES)
 

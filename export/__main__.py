@@ -23,10 +23,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default RUN/onnx)")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++"], help="deterministic sampler to unroll")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--conv", default="auto", choices=["auto", "direct", "fft"],
-                   help="S4 convolution in the graphs: direct Toeplitz product (short trials), real DFTs "
-                        "(long recordings), or auto by --max-length")
-    p.add_argument("--max-length", type=int, help="longest trial you will sample (default: the training length)")
+    p.add_argument("--conv", default="auto", choices=["auto", "direct", "chunked", "fft"],
+                   help="S4 convolution in the graphs: direct Toeplitz product (short trials), chunked scan "
+                        "(matmuls, linear in the length: long recordings, GPUs), real DFTs, or auto by --max-length")
+    p.add_argument("--max-length", type=int, help="longest trial you will sample (default: the training length; "
+                                                   "a chunked graph holds at least 2^22 bins)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (conditional runs)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     return p
@@ -35,16 +36,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ldns_fast.checkpoint import CheckpointError
+    from ldns_fast.lock import OutputBusyError, exclusive_lock
 
     from .onnx_export import export_onnx
 
     out = args.out or args.run / "onnx"
     started = time.perf_counter()
     try:
-        files = export_onnx(args.run, out, sampler=args.sampler, steps=args.steps, conv=args.conv,
-                            max_length=args.max_length, guidance_scale=args.guidance_scale,
-                            overwrite=args.overwrite)
-    except (CheckpointError, ValueError, FileExistsError) as err:  # ExportError is a ValueError
+        with exclusive_lock(out, folder=True):  # one exporter per output folder
+            files = export_onnx(args.run, out, sampler=args.sampler, steps=args.steps, conv=args.conv,
+                                max_length=args.max_length, guidance_scale=args.guidance_scale,
+                                overwrite=args.overwrite)
+    except (CheckpointError, ValueError, FileExistsError, OutputBusyError) as err:  # ExportError is a ValueError
         raise SystemExit(f"error: {err}") from err
     seconds = time.perf_counter() - started
     print(f"wrote {files.sampler}, {files.denoiser}, {files.decoder} in {seconds:.0f} s", file=sys.stderr)

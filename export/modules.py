@@ -1,8 +1,9 @@
 """Torch modules shaped for ONNX export: S4 layers in diagonal form and an unrolled sampler.
 
-Every module here traces with dynamic batch and length axes: S4 kernels are generated in the graph for
-the input's length from a float64 diagonal form (no FFT, no complex numbers), and the convolution is a
-direct Toeplitz product or a real FFT of length ``2L`` (see :data:`CONV_MODES`).
+Every module here traces with dynamic batch and length axes. The S4 convolution (see :data:`CONV_MODES`)
+is a direct Toeplitz product or a real FFT of length ``2L``, both from kernels generated in the graph for
+the input's length from a float64 diagonal form (no complex numbers), or the chunked scan
+(:mod:`ldns_fast.ssm.chunked`: float32 matmuls and elementwise ops, linear in the length).
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from ldns_fast.data import valid_mask
 from ldns_fast.diffusion import DiffusionSchedule, make_sampler
 from ldns_fast.models import Autoencoder, Denoiser
 from ldns_fast.ssm import S4, kernel_spectrum, spectrum_conv, toeplitz, toeplitz_conv
+from ldns_fast.ssm.chunked import CHUNK, ChunkTables, chunk_operands, chunk_tables, chunked_conv, scan_levels
+from ldns_fast.ssm.diagonal import DiagonalFormError, diagonal_form
 
-from .diagonal import diagonal_form
+from .errors import ExportError
 
-CONV_MODES = ("direct", "fft")
+CONV_MODES = ("direct", "fft", "chunked")
 # Taps per chunk when generating kernels: K[q * CHUNK + r] = Re(sum_m (w mu^(q CHUNK)) mu^r).
 KERNEL_CHUNK = 256
 
@@ -26,26 +29,38 @@ KERNEL_CHUNK = 256
 class DiagonalS4(nn.Module):
     """An :class:`~ldns_fast.ssm.S4` layer for export: ``u [B, H, L] -> [B, H, L]``, same outputs.
 
-    The kernel for any ``L`` is built from float64 ``w [n_kernels, H, M]`` and ``log mu [H, M]`` as a
-    product of chunk anchors ``w mu^(q C)`` ``[.., M, L / C]`` with in-chunk powers ``mu^r`` ``[H, M, C]``
-    (exact phases: no ``sin(l theta)`` at large ``l`` in single precision).
+    ``direct``/``fft``: the kernel for any ``L`` is built from float64 ``w [n_kernels, H, M]`` and
+    ``log mu [H, M]`` as a product of chunk anchors ``w mu^(q C)`` ``[.., M, L / C]`` with in-chunk powers
+    ``mu^r`` ``[H, M, C]`` (exact phases: no ``sin(l theta)`` at large ``l`` in single precision).
+    ``chunked``: float32 :class:`~ldns_fast.ssm.chunked.ChunkTables` with enough scan levels for
+    ``max_length`` bins.
     """
 
-    def __init__(self, layer: S4, conv: str) -> None:
+    def __init__(self, layer: S4, conv: str, max_length: int) -> None:
         super().__init__()
         if conv not in CONV_MODES:
             raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
-        form = diagonal_form(layer.kernel)
+        try:
+            form = diagonal_form(layer.kernel)
+        except DiagonalFormError as err:
+            raise ExportError(f"cannot export this model: {err}") from err
         self.conv = conv
-        self.register_buffer("w_re", form.w.real.clone())
-        self.register_buffer("w_im", form.w.imag.clone())
-        self.register_buffer("a", form.log_mu.real.clone())
-        self.register_buffer("b", form.log_mu.imag.clone())
+        if conv == "chunked":
+            self.levels = scan_levels(-(-max_length // CHUNK) - 1)
+            tables = chunk_tables(form, self.levels)
+            self.chunk = tables.chunk
+            for name, table in tables.tensors().items():
+                self.register_buffer(name, table)
+        else:
+            self.register_buffer("w_re", form.w.real.clone())
+            self.register_buffer("w_im", form.w.imag.clone())
+            self.register_buffer("a", form.log_mu.real.clone())
+            self.register_buffer("b", form.log_mu.imag.clone())
         self.register_buffer("D", layer.D.detach().float().clone())
-        self.operand: torch.Tensor | None = None  # set by prepare(): shared by every sampling step
+        self.operand: object = None  # set by prepare(): shared by every sampling step
 
     def kernel(self, L: int) -> torch.Tensor:
-        """Real float32 kernel ``[n_kernels, H, L]``."""
+        """Real float32 kernel ``[n_kernels, H, L]`` (``direct``/``fft``)."""
         n_chunks = L // KERNEL_CHUNK + 2  # enough taps; never 1, so tracing has no size-1 special case
         r = torch.arange(KERNEL_CHUNK, dtype=torch.float64, device=self.a.device)
         q = torch.arange(n_chunks, dtype=torch.float64, device=self.a.device) * KERNEL_CHUNK
@@ -60,8 +75,11 @@ class DiagonalS4(nn.Module):
         positions = torch.arange(L, device=K.device)  # a gather, not a slice: no guards on L vs chunks
         return K.flatten(-2).index_select(-1, positions).float()
 
-    def conv_operand(self, L: int) -> torch.Tensor:
-        """What the convolution needs for length ``L``: Toeplitz ``[H, L, L]`` or spectrum ``[H, L + 1]``."""
+    def conv_operand(self, L: int) -> object:
+        """What the convolution needs for length ``L``: Toeplitz ``[H, L, L]``, spectrum ``[H, L + 1]`` or
+        :class:`~ldns_fast.ssm.chunked.ChunkOperands` (any length)."""
+        if self.conv == "chunked":
+            return chunk_operands(ChunkTables(self.taps, self.powers, self.weights, self.level_powers, self.chunk))
         K = self.kernel(L)
         return toeplitz(K) if self.conv == "direct" else kernel_spectrum(K)
 
@@ -71,26 +89,28 @@ class DiagonalS4(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         operand = self.operand if self.operand is not None else self.conv_operand(u.shape[-1])
+        if self.conv == "chunked":
+            return chunked_conv(u, operand, self.D, self.levels)
         conv = toeplitz_conv if self.conv == "direct" else spectrum_conv
         return conv(u, operand, self.D)
 
 
-def to_diagonal_s4(model: nn.Module, conv: str) -> nn.Module:
+def to_diagonal_s4(model: nn.Module, conv: str, max_length: int) -> nn.Module:
     """A copy of ``model`` (eval mode) with every :class:`S4` replaced by a :class:`DiagonalS4`."""
     model = copy.deepcopy(model).eval().cpu()
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, S4):
-                setattr(module, child_name, DiagonalS4(child, conv))
+                setattr(module, child_name, DiagonalS4(child, conv, max_length))
     return model
 
 
 class DenoiserStep(nn.Module):
     """One denoiser call ``(x [B, C, L], t [B], lengths [B], conditions?, behavior?) -> output [B, C, L]``."""
 
-    def __init__(self, denoiser: Denoiser, conv: str) -> None:
+    def __init__(self, denoiser: Denoiser, conv: str, max_length: int) -> None:
         super().__init__()
-        self.denoiser = to_diagonal_s4(denoiser, conv)
+        self.denoiser = to_diagonal_s4(denoiser, conv, max_length)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor,
@@ -123,7 +143,7 @@ class UnrolledSampler(nn.Module):
     def __init__(
         self, denoiser: Denoiser, autoencoder: Autoencoder, schedule: DiffusionSchedule,
         latent_mean: torch.Tensor, latent_std: torch.Tensor, sampler: str, steps: int, conv: str,
-        guidance_scale: float = 1.0,
+        max_length: int, guidance_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not isinstance(sampler, str) or sampler.lower() not in ("ddim", "dpm++"):
@@ -131,7 +151,7 @@ class UnrolledSampler(nn.Module):
         self.sampler = make_sampler(sampler, copy.deepcopy(schedule))  # tracing fills its tables
         self.sampler.set_timesteps(steps)
         self.timesteps: list[int] = self.sampler.timesteps.tolist()
-        self.denoiser = to_diagonal_s4(denoiser, conv)
+        self.denoiser = to_diagonal_s4(denoiser, conv, max_length)
         self.decoder = Decoder(autoencoder)
         self.register_buffer("latent_mean", latent_mean.detach().float().cpu().clone())
         self.register_buffer("latent_std", latent_std.detach().float().cpu().clone())

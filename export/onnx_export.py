@@ -1,15 +1,18 @@
 """Export a trained LDNS run to ONNX: the whole sampler, one denoiser step and the decoder.
 
 Each graph has dynamic batch and length axes and carries its metadata (``metadata_props``, JSON
-values): model config, bin width, neuron count, latent normalisation, sampler, convolution mode,
-input/output names and the onnxruntime session options it needs. Files are written atomically and
-checked against torch on example inputs before they are kept.
+values): model config, bin width, neuron count, latent normalisation, sampler, convolution mode, chunk
+size, the longest trial the graph is meant for (``max_length``), input/output names and the onnxruntime
+session options it needs. Files are written atomically and checked against torch on example inputs
+before they are kept.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,13 +24,19 @@ from ldns_fast import __version__
 from ldns_fast.atomic import atomic_write
 from ldns_fast.pipeline import LDNS
 
-from .diagonal import ExportError
+from ldns_fast.ssm.chunked import CHUNK, capacity, scan_levels
+
+from .errors import ExportError
 from .modules import CONV_MODES, KERNEL_CHUNK, Decoder, DenoiserStep, UnrolledSampler
 
 FORMAT = "ldns_fast.onnx/1"
-# Longest trial (bins) for which conv="auto" picks the direct Toeplitz convolution over the FFT
-# (benchmarks/test_onnx_bench.py, benchmarks/results/onnx_cpu.md).
-DIRECT_MAX_LENGTH = 512
+# Longest trial (bins) for which conv="auto" picks the direct Toeplitz convolution over the chunked scan:
+# its L x L matrices then fit OnnxSampler's default bin budget (256^2 = 65,536), and a chunked graph
+# convolves such a trial as one chunk, the same product (benchmarks/results/long_recordings_cpu.md).
+DIRECT_MAX_LENGTH = 256
+# Chunked graphs hold enough scan levels for at least this many bins (about 5.8 h at 5 ms); each further
+# level costs a few small operations per S4 layer.
+CHUNKED_MIN_CAPACITY = 1 << 22
 # Relative error allowed between onnxruntime and torch on the export's example inputs.
 EXPORT_TOLERANCE = 1e-4
 SAMPLER_FILE, DENOISER_FILE, DECODER_FILE = "sampler.onnx", "denoiser.onnx", "decoder.onnx"
@@ -43,9 +52,10 @@ class ExportedFiles:
 
 
 def choose_conv(conv: str, max_length: int) -> str:
-    """``"direct"`` or ``"fft"``; ``"auto"`` picks by the longest expected trial (see :data:`DIRECT_MAX_LENGTH`)."""
+    """``"direct"``, ``"fft"`` or ``"chunked"``; ``"auto"`` picks direct up to :data:`DIRECT_MAX_LENGTH`
+    bins (the longest expected trial), chunked beyond."""
     if conv == "auto":
-        return "direct" if max_length <= DIRECT_MAX_LENGTH else "fft"
+        return "direct" if max_length <= DIRECT_MAX_LENGTH else "chunked"
     if conv not in CONV_MODES:
         raise ValueError(f"conv must be 'auto' or one of {CONV_MODES}, got {conv!r}")
     return conv
@@ -58,8 +68,11 @@ def export_onnx(
     """Write ``sampler.onnx``, ``denoiser.onnx`` and ``decoder.onnx`` for a trained run into ``out_dir``.
 
     ``sampler``: ``"ddim"`` (eta 0) or ``"dpm++"`` with ``steps`` steps, unrolled. ``conv``: the S4
-    convolution in the graphs (``"direct"`` Toeplitz product, ``"fft"`` real DFTs, or ``"auto"`` by
-    ``max_length``, default the training length). ``guidance_scale`` is fixed into the sampler graph.
+    convolution in the graphs (``"direct"`` Toeplitz product, ``"fft"`` real DFTs, ``"chunked"`` scan of
+    matmuls, linear in the length and free of DFTs, or ``"auto"`` by ``max_length``, the longest trial
+    to sample, default the training length). A chunked graph holds trials up to
+    ``max(max_length, CHUNKED_MIN_CAPACITY)`` bins or more (its metadata's ``max_length``).
+    ``guidance_scale`` is fixed into the sampler graph.
     """
     ldns = model if isinstance(model, LDNS) else LDNS.load(model)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -68,40 +81,45 @@ def export_onnx(
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
     conv = choose_conv(conv, max_length)
+    if conv == "chunked":  # the exact capacity of the scan levels it needs
+        max_length = capacity(scan_levels(-(-max(max_length, CHUNKED_MIN_CAPACITY) // CHUNK) - 1))
     out_dir = Path(out_dir)
     files = ExportedFiles(out_dir / SAMPLER_FILE, out_dir / DENOISER_FILE, out_dir / DECODER_FILE)
     existing = [str(p) for p in asdict(files).values() if Path(p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (pass overwrite=True / --overwrite)")
     c = ldns.config.denoiser
-    base = _metadata(ldns, conv)
+    base = _metadata(ldns, conv, max_length)
     example = _example_inputs(ldns)
     cond = {n: example[n] for n, on in (("conditions", c.cond_dim), ("behavior", c.behavior_channels)) if on}
 
     sampler_module = UnrolledSampler(
         ldns.denoiser, ldns.autoencoder, ldns.schedule, ldns.latent_mean, ldns.latent_std,
-        sampler, steps, conv, guidance_scale,
+        sampler, steps, conv, max_length, guidance_scale,
     )
     _export(sampler_module, {"noise": example["noise"], "lengths": example["lengths"], **cond},
             ["latents", "rates"], files.sampler,
             {**base, "graph": "sampler", "sampler": sampler, "steps": steps, "timesteps": sampler_module.timesteps,
              "guidance_scale": guidance_scale})
-    _export(DenoiserStep(ldns.denoiser, conv), {"x": example["noise"], "t": example["t"],
+    _export(DenoiserStep(ldns.denoiser, conv, max_length), {"x": example["noise"], "t": example["t"],
             "lengths": example["lengths"], **cond}, ["output"], files.denoiser,
             {**base, "graph": "denoiser", "prediction_type": ldns.schedule.prediction_type,
              "alphas_cumprod": ldns.schedule.alphas_cumprod.tolist()})
     _export(Decoder(ldns.autoencoder), {"latents": example["noise"]}, ["rates"], files.decoder,
-            {**base, "graph": "decoder"})
+            {**base, "graph": "decoder", "max_length": None})  # pointwise in time: any length
     return files
 
 
-def _metadata(ldns: LDNS, conv: str) -> dict:
+def _metadata(ldns: LDNS, conv: str, max_length: int) -> dict:
+    """Metadata shared by the graphs; ``max_length``: the longest trial they are meant for (None: any)."""
     c = ldns.config
     return {
         "format": FORMAT, "ldns_fast_version": __version__, "config": asdict(c), "bin_width": ldns.bin_width,
         "n_neurons": c.autoencoder.n_neurons, "latent_channels": c.denoiser.latent,
         "training_length": ldns.n_bins, "cond_dim": c.denoiser.cond_dim,
         "behavior_channels": c.denoiser.behavior_channels, "conv": conv,
+        "chunk": CHUNK if conv == "chunked" else None,
+        "max_length": None if conv == "fft" else max_length,
         "latent_mean": ldns.latent_mean.tolist(), "latent_std": ldns.latent_std.tolist(),
         # onnxruntime re-uses DFT buffers across dynamic lengths wrongly: FFT graphs need reuse off.
         "session_options": {"enable_mem_reuse": conv != "fft"},
@@ -122,6 +140,29 @@ def _example_inputs(ldns: LDNS) -> dict[str, torch.Tensor]:
     }
 
 
+@contextlib.contextmanager
+def _fused_ops_in_torch_form() -> Iterator[None]:
+    """While exporting, the denoiser's fused custom ops (``torch.ops.ldns_fast.*``, which onnxruntime does not
+    know) decompose into their torch implementations; the registrations are removed afterwards."""
+    from torch._decomp import decomposition_table
+
+    from ldns_fast.kernels.ops import implementation
+
+    forms = {
+        torch.ops.ldns_fast.modulated_norm.default: lambda x, shift, scale, mask, eps, backend:
+            implementation("modulated_norm", "torch")(x, shift, scale, mask, eps),
+        torch.ops.ldns_fast.gelu_gate_residual.default: lambda x, y, gate, backend:
+            implementation("gelu_gate_residual", "torch")(x, y, gate),
+    }
+    added = {op: form for op, form in forms.items() if op not in decomposition_table}
+    decomposition_table.update(added)
+    try:
+        yield
+    finally:
+        for op in added:
+            decomposition_table.pop(op, None)
+
+
 def _export(
     module: nn.Module, inputs: dict[str, torch.Tensor], output_names: list[str], path: Path, metadata: dict,
 ) -> None:
@@ -130,7 +171,7 @@ def _export(
     axes = {"t": {0: batch}, "lengths": {0: batch}, "conditions": {0: batch}}
     shapes = {name: axes.get(name, {0: batch, 2: length}) for name in inputs}
     module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _fused_ops_in_torch_form():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         expected = module(**inputs)

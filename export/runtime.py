@@ -4,11 +4,15 @@
 (TensorRT, CUDA, then CPU, whichever this onnxruntime has), validates requests, groups trials of
 similar length into batches under a bin budget (so a one-hour recording and a thousand short trials
 both fit in memory), draws each trial's initial noise and Poisson spikes from its own seeded stream as
-its batch runs (results do not depend on the batching), and writes HDF5 incrementally.
+its batch runs (results do not depend on the batching), and writes HDF5 incrementally. It refuses a
+trial that the graph cannot hold: longer than a chunked graph's ``max_length``, or, for a direct graph
+(an ``L x L`` Toeplitz matrix per S4 channel, as much memory as ``L`` trials of ``L`` bins), one whose
+``L * L`` exceeds the bin budget.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +59,7 @@ class OnnxSampler:
         self.metadata = read_metadata(self.path)
         if self.metadata.get("graph") != "sampler":
             raise ValueError(f"{self.path} is a {self.metadata.get('graph')!r} graph, not an exported sampler")
+        _check_sampler_metadata(self.path, self.metadata)
         options.enable_mem_reuse = bool(self.metadata["session_options"]["enable_mem_reuse"])
         available = ort.get_available_providers()
         if providers is None:
@@ -100,8 +105,7 @@ class OnnxSampler:
         """
         lengths = self._lengths(n, length, lengths)
         conditions, behavior = self._conditions(len(lengths), int(lengths.max()), conditions, behavior)
-        if isinstance(max_bins, bool) or not isinstance(max_bins, int) or max_bins < 1:
-            raise ValueError(f"max_bins must be a positive integer, got {max_bins!r}")
+        self._check_budget(lengths, max_bins)
         if noise is not None:
             noise = self._check_noise(noise, lengths)
         # One random stream per trial: its noise, then its spikes. Draws happen batch by batch (bounded
@@ -143,6 +147,7 @@ class OnnxSampler:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         lengths = self._lengths(n, length, lengths)
+        self._check_budget(lengths, max_bins)
         description = f"ldns_fast ONNX samples from {self.path.name}: {self.metadata['sampler']}-" \
                       f"{self.metadata['steps']}, seed {seed}"
         writer = DatasetWriter(path, len(lengths), int(lengths.max()), self.n_neurons, self.latent_channels,
@@ -170,8 +175,22 @@ class OnnxSampler:
         return tuple(binding.copy_outputs_to_cpu())
 
     def _padded_length(self, L: int) -> int:
-        """FFT graphs: the next power of two (onnxruntime's fast DFT); direct graphs: ``L``."""
+        """FFT graphs: the next power of two (onnxruntime's fast DFT); direct and chunked graphs: ``L``."""
         return max(FFT_MIN_BUCKET, 1 << (L - 1).bit_length()) if self.conv == "fft" else L
+
+    def _check_budget(self, lengths: np.ndarray, max_bins: int) -> None:
+        """Refuse ``max_bins`` that is not a positive integer, and trials this graph cannot hold."""
+        if isinstance(max_bins, bool) or not isinstance(max_bins, int) or max_bins < 1:
+            raise ValueError(f"max_bins must be a positive integer, got {max_bins!r}")
+        longest, limit = int(lengths.max()), self.metadata.get("max_length")
+        if self.conv == "direct" and longest * longest > max_bins:
+            raise ValueError(
+                f"{self.path.name} is a direct graph: it holds an L x L Toeplitz matrix per S4 channel, so a "
+                f"{longest}-bin trial needs a bin budget of {longest * longest} (L x L) and max_bins is {max_bins}; "
+                f"raise max_bins or re-export with --conv chunked (linear in the length)")
+        if self.conv == "chunked" and limit is not None and longest > limit:
+            raise ValueError(f"{self.path.name} holds trials up to {limit} bins, got one of {longest}; "
+                             f"re-export it with --max-length {longest}")
 
     def _plan(self, lengths: np.ndarray, max_bins: int) -> Iterator[np.ndarray]:
         """Trial indices grouped by padded length (longest first), at most ``max_bins`` bins per group."""
@@ -248,7 +267,38 @@ def read_metadata(path: str | os.PathLike) -> dict:
     props = session.get_modelmeta().custom_metadata_map
     if not props.get("format", "").startswith('"ldns_fast.onnx/'):
         raise ValueError(f"{path} has no ldns_fast metadata: export it with python -m ldns_fast.export")
-    return {k: json.loads(v) for k, v in props.items()}
+    metadata = {}
+    for key, value in props.items():
+        try:
+            metadata[key] = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({err}); re-export the file") from err
+    return metadata
+
+
+# Integer fields of a sampler's metadata and their least valid values.
+_SAMPLER_INTEGERS = {"n_neurons": 1, "latent_channels": 1, "cond_dim": 0, "behavior_channels": 0,
+                     "training_length": 1, "steps": 1}
+
+
+def _check_sampler_metadata(path: Path, m: dict) -> None:
+    """Raise a ValueError naming the key of incomplete or forged sampler metadata."""
+    missing = sorted({*_SAMPLER_INTEGERS, "bin_width", "conv", "sampler", "session_options"} - set(m))
+    if missing:
+        raise ValueError(f"{path}: the sampler metadata lacks {missing}; re-export it with python -m ldns_fast.export")
+    for key, least in _SAMPLER_INTEGERS.items():
+        if isinstance(m[key], bool) or not isinstance(m[key], int) or m[key] < least:
+            raise ValueError(f"{path}: metadata {key!r} must be an integer >= {least}, got {m[key]!r}")
+    width = m["bin_width"]
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (math.isfinite(width) and width > 0):
+        raise ValueError(f"{path}: metadata 'bin_width' must be a positive number of seconds, got {width!r}")
+    if m["conv"] not in ("direct", "fft", "chunked"):
+        raise ValueError(f"{path}: metadata 'conv' must be 'direct', 'fft' or 'chunked', got {m['conv']!r}")
+    limit = m.get("max_length")  # absent from files exported before chunked graphs
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{path}: metadata 'max_length' must be null or an integer >= 1, got {limit!r}")
+    if not isinstance(m["session_options"], dict) or "enable_mem_reuse" not in m["session_options"]:
+        raise ValueError(f"{path}: metadata 'session_options' must be a mapping with 'enable_mem_reuse'")
 
 
 def _file_layout(x: np.ndarray) -> np.ndarray:

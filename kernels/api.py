@@ -2,18 +2,18 @@
 
 ``vandermonde_kernel`` (S4D) and ``cauchy_kernel`` (DPLR S4) run on one of three backends:
 ``"torch"`` (exact, float64-capable, bounded memory), ``"keops"`` (pykeops lazy reductions) and
-``"triton"`` (custom forward/backward kernels; compiled on CUDA, interpreted on CPU tensors).
+``"triton"`` (custom forward/backward kernels; compiled on CUDA, interpreted on CPU tensors). Every
+backend runs behind the same custom ops (:mod:`.ops`), so ``torch.compile`` traces them without breaks.
 ``"auto"`` picks Triton on CUDA and the torch path on CPU. On CPU, keops is faster for long Cauchy sums
 (``benchmarks/results/cpu-2core.md``) but compiles its formulas once per host and runs its own OpenMP
 pool beside torch's, so it is chosen explicitly (``backend="keops"``) rather than by ``"auto"``.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from .checks import common_complex_dtype, require_complex, require_finite, require_length, same_device
+from . import ops
+from .checks import common_complex_dtype, require_complex, require_length, same_device
 
 BACKENDS = ("torch", "keops", "triton")
 
@@ -52,17 +52,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     ok, why = backend_status(backend, device)
     if not ok:
         raise BackendUnavailableError(f"kernel backend {backend!r} is unavailable on {device}: {why}")
+    if backend == "triton" and device.type == "cpu":
+        # Choose the interpreter now: calling a custom op imports torch's compiler, which imports triton.
+        from .triton_backend import load_kernels
+
+        load_kernels()
     return backend
-
-
-def _impl(kind: str, backend: str) -> Callable[..., torch.Tensor]:
-    if backend == "torch":
-        from . import torch_backend as mod
-    elif backend == "keops":
-        from . import keops_backend as mod
-    else:
-        from . import triton_backend as mod
-    return getattr(mod, f"{kind}_{backend}")
 
 
 def vandermonde_kernel(
@@ -89,10 +84,7 @@ def vandermonde_kernel(
     device = same_device(v=v, x=x)
     dtype = common_complex_dtype(v, x)
     v, x = v.to(dtype), x.to(dtype)
-    if check_finite:
-        require_finite("v", v)
-        require_finite("x", x)
-    return _impl("vandermonde", resolve_backend(backend, device))(v, x, L)
+    return ops.vandermonde(v, x, L, resolve_backend(backend, device), check_finite)
 
 
 def cauchy_kernel(
@@ -127,11 +119,6 @@ def cauchy_kernel(
     device = same_device(v=v, z=z, w=w)
     dtype = common_complex_dtype(v, z, w)
     v, z, w = v.to(dtype), z.to(dtype), w.to(dtype)
-    if check_finite:
-        require_finite("v", v)
-        require_finite("z", z)
-        require_finite("w", w)
     batch, Np = v.shape[:-1], v.shape[-1]
-    impl = _impl("cauchy", resolve_backend(backend, device))
-    out = impl(v.reshape(-1, Np), z, w.reshape(-1, Np))
+    out = ops.cauchy(v.reshape(-1, Np), z, w.reshape(-1, Np), resolve_backend(backend, device), check_finite)
     return out.reshape(*batch, z.shape[0])

@@ -2,8 +2,8 @@
 
 Complex numbers are carried as real LazyTensors (``(re, im)`` pairs, or dim-2 vectors), so the formulas
 run in the input's real precision: float32 for complex64, float64 for complex128 (KeOps supports both).
-Each kernel is a ``torch.autograd.Function`` whose backward is one KeOps reduction of the analytic
-gradients (torch's convention: for a real loss the gradient is the conjugate Wirtinger derivative).
+Each kernel's ``*_backward`` is one KeOps reduction of the analytic gradients (torch's convention: for
+a real loss the gradient is the conjugate Wirtinger derivative); :mod:`.ops` wires them into autograd.
 The leading axis (``H`` or ``rows``) is a KeOps batch dimension; KeOps runs on the tensors' device
 (OpenMP loops on CPU, CUDA on GPU). pykeops is imported lazily and its console messages (CUDA
 warnings, compile notices) are muted while this module calls it; formulas compile on first use
@@ -18,7 +18,6 @@ import math
 from typing import Iterator
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .reference import cauchy_naive, vandermonde_naive
 
@@ -101,79 +100,61 @@ def _powers(x: torch.Tensor, L: int, l, axis: int):
     return (a * l).exp() * (phase + [0.0, -math.pi / 2]).cos()  # cos(p - pi/2) = sin(p)
 
 
-class _VandermondeKeOps(torch.autograd.Function):
-    """``K = 2 Re(sum_n v z^l)`` with ``z = exp(x)``; gradients for v and x."""
-
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
-        ctx.save_for_backward(v, x)
-        v, x = _two(v), _two(x)
-        with _quiet():
-            zl = _powers(x, L, _lazy(_arange(L, x), 1), 2)  # l on i: [1, L, 1, 1]; x on j: [H, 1, Np, 1]
-            out = (zl | _lazy(torch.stack([v.real, -v.imag], -1), 2)).sum(dim=2)  # Re(v z^l)
-        return 2 * out[:, :L, 0]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        v, x = ctx.saved_tensors
-        g = _two(grad.to(x.real.dtype))
-        pos = _arange(g.shape[1], x)
-        with _quiet():
-            zl = _powers(_two(x), g.shape[1], _lazy(pos, 2), 1)  # x on i: [H, Np, 1, 1]; l on j
-            gl = _lazy(torch.stack([g, g * pos], -1), 2)  # j: [H, 1, L, 2]
-            s = zl.tensorprod(gl).sum(dim=2)[:, : v.shape[1]]  # [H, Np, 4]: Re z^l (g, l g), Im z^l (g, l g)
-        # sum_l g conj(z^l), and the same weighted by l.
-        grad_v = 2 * torch.complex(s[..., 0], -s[..., 2])
-        grad_x = 2 * v.conj() * torch.complex(s[..., 1], -s[..., 3])
-        return grad_v, grad_x, None
-
-
-class _CauchyKeOps(torch.autograd.Function):
-    """``r = sum_n v/(z - w) + conj(v)/(z - conj(w))``; gradients for v and w (z is constant)."""
-
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(v, z, w)
-        with _quiet():
-            zz = _pair(_two(z.unsqueeze(0), copy=True), 1)  # i: [1, M, 1, 1]
-            vv, ww = _pair(_two(v), 2), _pair(_two(w, copy=True), 2)  # j: [rows, 1, Np, 1]
-            c = _inv((zz[0] - ww[0], zz[1] - ww[1]))
-            d = _inv((zz[0] - ww[0], zz[1] + ww[1]))
-            t1, t2 = _mul(vv, c), _mul(_conj(vv), d)
-            s = _sum_j(t1[0] + t2[0], t1[1] + t2[1])  # [rows, M, 2]
-        return torch.view_as_complex(s[:, : z.shape[0]].contiguous())
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        v, z, w = ctx.saved_tensors
-        with _quiet():
-            zz = _pair(_two(z.unsqueeze(0), copy=True), 2)  # j: [1, 1, M, 1]
-            gg = _pair(_two(grad.to(v.dtype)), 2)  # j: [rows, 1, M, 1]
-            ww = _pair(_two(w, copy=True), 1)  # i: [rows, Np, 1, 1]
-            cc = _conj(_inv((zz[0] - ww[0], zz[1] - ww[1])))  # conj(1/(z - w))
-            d = _inv((zz[0] - ww[0], zz[1] + ww[1]))  # 1/(z - conj(w))
-            gc, gd = _mul(gg, cc), _mul(_conj(gg), d)
-            gc2, gd2 = _mul(gc, cc), _mul(gd, d)
-            s = _sum_j(gc[0] + gd[0], gc[1] + gd[1], gc2[0] + gd2[0], gc2[1] + gd2[1])[:, : v.shape[1]]
-        grad_v = torch.complex(s[..., 0], s[..., 1])
-        grad_w = v.conj() * torch.complex(s[..., 2], s[..., 3])
-        return grad_v, None, grad_w
-
-
 def vandermonde_keops(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
     """``K[h, l] = 2 Re(sum_n v[h, n] exp(x[h, n] l))``; v, x complex ``[H, Np]`` -> real ``[H, L]``."""
     if v.numel() == 0:  # KeOps crashes on empty axes; the naive formula is free here
         return vandermonde_naive(v, x, L)
-    return _VandermondeKeOps.apply(v, x, L)
+    v, x = _two(v), _two(x)
+    with _quiet():
+        zl = _powers(x, L, _lazy(_arange(L, x), 1), 2)  # l on i: [1, L, 1, 1]; x on j: [H, 1, Np, 1]
+        out = (zl | _lazy(torch.stack([v.real, -v.imag], -1), 2)).sum(dim=2)  # Re(v z^l)
+    return 2 * out[:, :L, 0]
+
+
+def vandermonde_keops_backward(grad: torch.Tensor, v: torch.Tensor, x: torch.Tensor,
+                               L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dv, dx)`` of :func:`vandermonde_keops` for ``grad [H, L]`` (one reduction)."""
+    if v.numel() == 0:
+        return torch.zeros_like(v), torch.zeros_like(x)
+    g = _two(grad.to(x.real.dtype))
+    pos = _arange(g.shape[1], x)
+    with _quiet():
+        zl = _powers(_two(x), g.shape[1], _lazy(pos, 2), 1)  # x on i: [H, Np, 1, 1]; l on j
+        gl = _lazy(torch.stack([g, g * pos], -1), 2)  # j: [H, 1, L, 2]
+        s = zl.tensorprod(gl).sum(dim=2)[:, : v.shape[1]]  # [H, Np, 4]: Re z^l (g, l g), Im z^l (g, l g)
+    # sum_l g conj(z^l), and the same weighted by l.
+    return 2 * torch.complex(s[..., 0], -s[..., 2]), 2 * v.conj_physical() * torch.complex(s[..., 1], -s[..., 3])
 
 
 def cauchy_keops(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Cauchy sum over conjugate pairs; v, w complex ``[rows, Np]``, z ``[M]`` -> ``[rows, M]``."""
     if v.numel() == 0 or z.numel() == 0:  # KeOps crashes on empty axes; the naive formula is free here
         return cauchy_naive(v, z, w)
-    return _CauchyKeOps.apply(v, z, w)
+    with _quiet():
+        zz = _pair(_two(z.unsqueeze(0), copy=True), 1)  # i: [1, M, 1, 1]
+        vv, ww = _pair(_two(v), 2), _pair(_two(w, copy=True), 2)  # j: [rows, 1, Np, 1]
+        c = _inv((zz[0] - ww[0], zz[1] - ww[1]))
+        d = _inv((zz[0] - ww[0], zz[1] + ww[1]))
+        t1, t2 = _mul(vv, c), _mul(_conj(vv), d)
+        s = _sum_j(t1[0] + t2[0], t1[1] + t2[1])  # [rows, M, 2]
+    return torch.view_as_complex(s[:, : z.shape[0]].contiguous())
+
+
+def cauchy_keops_backward(grad: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
+                          w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dv, dw)`` of :func:`cauchy_keops` (z is constant) for ``grad [rows, M]`` (one reduction)."""
+    if v.numel() == 0 or z.numel() == 0:
+        return torch.zeros_like(v), torch.zeros_like(w)
+    with _quiet():
+        zz = _pair(_two(z.unsqueeze(0), copy=True), 2)  # j: [1, 1, M, 1]
+        gg = _pair(_two(grad.to(v.dtype)), 2)  # j: [rows, 1, M, 1]
+        ww = _pair(_two(w, copy=True), 1)  # i: [rows, Np, 1, 1]
+        cc = _conj(_inv((zz[0] - ww[0], zz[1] - ww[1])))  # conj(1/(z - w))
+        d = _inv((zz[0] - ww[0], zz[1] + ww[1]))  # 1/(z - conj(w))
+        gc, gd = _mul(gg, cc), _mul(_conj(gg), d)
+        gc2, gd2 = _mul(gc, cc), _mul(gd, d)
+        s = _sum_j(gc[0] + gd[0], gc[1] + gd[1], gc2[0] + gd2[0], gc2[1] + gd2[1])[:, : v.shape[1]]
+    return torch.complex(s[..., 0], s[..., 1]), v.conj_physical() * torch.complex(s[..., 2], s[..., 3])
 
 
 @functools.cache

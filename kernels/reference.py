@@ -18,4 +18,4 @@ def vandermonde_naive(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
 def cauchy_naive(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``r[..., m] = sum_n v/(z_m - w_n) + conj(v)/(z_m - conj(w_n))``; v, w ``[..., Np]``, z ``[M]``."""
     v, w = v.unsqueeze(-1), w.unsqueeze(-1)  # [..., Np, 1]
-    return (v / (z - w) + v.conj() / (z - w.conj())).sum(-2)
+    return (v / (z - w) + v.conj_physical() / (z - w.conj_physical())).sum(-2)

@@ -1,325 +1,333 @@
-"""Triton backend: forward and backward kernels for the Vandermonde and Cauchy products.
+"""Triton backend: launch configurations and launchers for every Triton kernel, forward and backward.
 
-Complex numbers travel as separate real and imaginary float tensors. No kernel materialises the
-``[H, Np, L]`` (or ``[rows, Np, M]``) product: each program reduces over the state in registers, and the
-backward kernels write per-chunk partial sums ``[rows, chunks, Np]`` that torch adds up.
+The kernels themselves live in :mod:`.triton_kernels`, imported on first use (:func:`load_kernels`):
+importing this module imports no Triton and changes no environment variable. On a machine without
+CUDA the first use chooses Triton's interpreter (it sets ``TRITON_INTERPRET=1`` before importing
+Triton, which reads it at import); where that is impossible :func:`triton_status` says what to set.
 
-Vandermonde powers are tiled: ``z^(l0 + j) = z^l0 * z^j`` with ``z^j`` computed once per program and the
-anchor ``z^l0`` recomputed directly (``exp(x * l0)``) for every tile, so error does not accumulate; the
-exponent products are carried exactly (fma two-product), so long kernels keep their phase.
+:func:`launch_config` is the one place that sizes a launch (grid, block constexprs, warps): compiled
+launches (CUDA tensors) get tiles that fit the register budget, interpreted ones (CPU tensors) few
+large program instances. The launchers build a :class:`Launch` and hand it to ``launch`` (by default
+:meth:`Launch.run`), so :mod:`.aot` can collect exactly the launches they make and compile them for
+GPU targets without a GPU.
 
-CUDA tensors run the compiled kernels; CPU tensors run the same kernels through the Triton interpreter
-(slow: for tests on small shapes).
+Backward kernels write per-program partial sums (``[rows, chunks, Np]`` or ``[B, chunks, C]``) that
+torch adds up; no kernel materialises a ``[rows, Np, L]`` product.
 """
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import os
 import sys
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Callable
 
 import torch
 
-# Without a GPU the kernels run in Triton's interpreter, which must be chosen before triton is imported
-# (it also swaps triton.language's own jit helpers). A process that imported triton earlier keeps its
-# mode; then CPU tensors need TRITON_INTERPRET=1 set by the caller.
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from .torch_backend import accumulation_dtype
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError as err:  # pragma: no cover - exercised only without triton
-    triton = None
-    _IMPORT_ERROR = str(err)
-else:
-    _IMPORT_ERROR = ""
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_KERNEL_MODULE = f"{__package__}.triton_kernels"
+_TRUE = ("1", "true", "on", "yes", "y")  # the values Triton reads as true
 
 
-@functools.cache
-def triton_status(device: torch.device) -> tuple[bool, str]:
-    """Whether the Triton kernels can run on ``device`` (compiled on CUDA, interpreted on CPU)."""
-    if triton is None:
-        return False, f"triton is not installed (pip install triton): {_IMPORT_ERROR}"
-    if device.type == "cpu":
-        if INTERPRETED:
-            return True, ""
-        return False, "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing triton"
-    if device.type != "cuda":
+def _triton_installed() -> bool:
+    return "triton" in sys.modules or importlib.util.find_spec("triton") is not None
+
+
+def _interpreter_chosen() -> bool:
+    kernels = sys.modules.get(_KERNEL_MODULE)
+    if kernels is not None:
+        return kernels.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE
+
+
+def triton_status(device: torch.device | str) -> tuple[bool, str]:
+    """Whether the Triton kernels can run on ``device`` (compiled on CUDA, interpreted on CPU), and why not."""
+    device = torch.device(device)
+    if not _triton_installed():
+        return False, "triton is not installed (pip install triton)"
+    if device.type == "cuda":
+        return (True, "") if torch.cuda.is_available() else (False, "CUDA is not available")
+    if device.type != "cpu":
         return False, f"Triton kernels run on CUDA or (interpreted) CPU tensors, not {device.type}"
-    if not torch.cuda.is_available():
-        return False, "CUDA is not available"
-    return True, ""
+    if _interpreter_chosen():
+        return True, ""
+    if "triton" in sys.modules:
+        return False, ("CPU tensors need the Triton interpreter, but triton was imported without it: set "
+                       "TRITON_INTERPRET=1 before anything imports triton, or use backend='torch'")
+    if torch.cuda.is_available():
+        return False, ("CPU tensors need the Triton interpreter, which would also interpret this process's "
+                       "CUDA kernels: set TRITON_INTERPRET=1 to choose it anyway, or use backend='torch'")
+    return True, ""  # load_kernels() chooses the interpreter
 
 
-def _kernel(fn):
-    """``triton.jit`` when triton is installed (the module still imports without it)."""
-    return triton.jit(fn) if triton is not None else fn
+def load_kernels() -> ModuleType:
+    """The kernel module :mod:`.triton_kernels`, imported on first use.
+
+    Without CUDA, and before anything imported Triton, this first sets ``TRITON_INTERPRET=1`` so the
+    kernels run on CPU tensors through Triton's interpreter.
+    """
+    if _KERNEL_MODULE not in sys.modules and "triton" not in sys.modules and not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+    from . import triton_kernels
+
+    return triton_kernels
+
+
+# ---------------------------------------------------------------- launch configuration
+
+_VALUES_PER_WARP = 8 * 32  # elementwise tiles: ~8 values per thread and tensor keep registers low
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (>= 1)."""
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def _clamp(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, n))
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How one kernel is launched: grid, block-size constexprs and warps per program."""
+
+    grid: tuple[int, ...]
+    blocks: dict[str, int]
+    num_warps: int = 4
+
+
+def _vandermonde(interpreted: bool, rows: int, Np: int, L: int, backward: bool) -> LaunchConfig:
+    # A program covers BLOCK_T anchors x BLOCK_L positions; tl.dot needs every matmul side >= 16.
+    if interpreted:
+        block_n, block_l, warps = max(16, _pow2(Np)), _clamp(_pow2(math.ceil(L / 16)), 16, 256), 4
+    else:  # the backward's matmuls reduce over BLOCK_L: short tiles keep their operands in registers
+        block_n, block_l, warps = 16, 16 if backward else 32, 8
+    return LaunchConfig((rows, math.ceil(L / (16 * block_l))),
+                        {"BLOCK_N": block_n, "BLOCK_L": block_l, "BLOCK_T": 16}, warps)
+
+
+def _cauchy(interpreted: bool, rows: int, Np: int, M: int, backward: bool) -> LaunchConfig:
+    if interpreted:
+        block_n, block_m = min(64, _pow2(Np)), _clamp(_pow2(M), 16, 256)
+        tiles = _clamp(math.ceil(M / block_m), 1, 16)
+    else:
+        block_n, block_m, tiles = min(16, _pow2(Np)), 64, 8
+    if not backward:
+        return LaunchConfig((rows, math.ceil(M / block_m)), {"BLOCK_N": block_n, "BLOCK_M": block_m})
+    return LaunchConfig((rows, math.ceil(M / (block_m * tiles))),
+                        {"BLOCK_N": block_n, "BLOCK_M": block_m, "TILES": tiles})
+
+
+def _modnorm(interpreted: bool, B: int, C: int, L: int, backward: bool) -> LaunchConfig:
+    # One program holds all channels of BLOCK_L steps (the norm reduces over channels in registers).
+    block_c = _pow2(C)
+    if interpreted:
+        block_l, warps = _clamp(_pow2(L), 16, 256), 4
+        tiles = _clamp(math.ceil(L / block_l), 1, 16)
+    else:  # >= 8 steps (32-byte rows), about 8 values per thread and tensor
+        block_l = _clamp(2048 // block_c, 8, 64)
+        warps = _clamp(block_c * block_l // _VALUES_PER_WARP, 4, 16)
+        tiles = max(1, 128 // block_l) if backward else 1  # backward: 128 steps per program
+    return LaunchConfig((B, math.ceil(L / (block_l * tiles))),
+                        {"BLOCK_C": block_c, "BLOCK_L": block_l, "TILES": tiles}, warps)
+
+
+def _gelu_gate(interpreted: bool, B: int, C: int, L: int, backward: bool) -> LaunchConfig:
+    if interpreted:
+        block_c, block_l, warps = min(256, _pow2(C)), _clamp(_pow2(L), 16, 256), 4
+        tiles = _clamp(math.ceil(L / block_l), 1, 16)
+    else:
+        block_c, block_l = min(16, _pow2(C)), 128
+        warps = _clamp(block_c * block_l // _VALUES_PER_WARP, 1, 8)
+        tiles = 4 if backward else 1  # backward: 512 steps per program
+    return LaunchConfig((B, math.ceil(C / block_c), math.ceil(L / (block_l * tiles))),
+                        {"BLOCK_C": block_c, "BLOCK_L": block_l, "TILES": tiles}, warps)
+
+
+_CONFIGS: dict[str, Callable[..., LaunchConfig]] = {
+    "vandermonde_fwd": functools.partial(_vandermonde, backward=False),
+    "vandermonde_bwd": functools.partial(_vandermonde, backward=True),
+    "cauchy_fwd": functools.partial(_cauchy, backward=False),
+    "cauchy_bwd": functools.partial(_cauchy, backward=True),
+    "modnorm_fwd": functools.partial(_modnorm, backward=False),
+    "modnorm_bwd": functools.partial(_modnorm, backward=True),
+    "gelu_gate_fwd": functools.partial(_gelu_gate, backward=False),
+    "gelu_gate_bwd": functools.partial(_gelu_gate, backward=True),
+}
+
+
+KERNELS = tuple(_CONFIGS)  # every kernel of .triton_kernels that a launcher launches
+
+
+def launch_config(kernel: str, interpreted: bool, **sizes: int) -> LaunchConfig:
+    """Grid, block constexprs and warps of ``kernel`` (a name in :mod:`.triton_kernels`) for ``sizes``.
+
+    ``interpreted``: the launch runs in Triton's interpreter (CPU tensors), else it is compiled (CUDA).
+    Sizes: ``rows, Np, L`` (Vandermonde), ``rows, Np, M`` (Cauchy), ``B, C, L`` (fused ops).
+    """
+    if kernel not in _CONFIGS:
+        raise ValueError(f"unknown Triton kernel {kernel!r}; known: {sorted(_CONFIGS)}")
+    return _CONFIGS[kernel](interpreted, **sizes)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: kernel name, configuration, runtime arguments and the other constexprs."""
+
+    kernel: str
+    config: LaunchConfig
+    args: tuple
+    constexprs: dict = field(default_factory=dict)
+
+    @property
+    def options(self) -> dict:
+        """Compile options (FP fusion stated, so Triton does not warn about its changing default)."""
+        return {"num_warps": self.config.num_warps, "enable_fp_fusion": True}
+
+    def run(self) -> None:
+        """Launch it (compiling on first use; interpreted for CPU tensors)."""
+        fn = getattr(load_kernels(), self.kernel)
+        fn[self.config.grid](*self.args, **self.config.blocks, **self.constexprs, **self.options)
+
+
+Launcher = Callable[[Launch], None]
+
+
+def _config(kernel: str, like: torch.Tensor, **sizes: int) -> LaunchConfig:
+    return launch_config(kernel, like.device.type == "cpu", **sizes)
+
+
+def _new(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Kernel output buffer: NaN-poisoned on CPU (tests see unwritten elements), uninitialised elsewhere."""
+    dtype = like.dtype if dtype is None else dtype
+    if like.device.type == "cpu":
+        return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype, device=like.device)
+
+
+def _require_int32_rows(C: int, L: int) -> None:
+    """The fused kernels address one batch row ``[C, L]`` with int32 offsets."""
+    if C * L >= 2**31:
+        raise ValueError(f"backend='triton' needs C * L < 2**31 per batch row, got C={C}, L={L}; use backend='torch'")
 
 
 def _split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return t.real.contiguous(), t.imag.contiguous()
 
 
-def _blocks(device: torch.device, L: int) -> tuple[int, int]:
-    """(BLOCK, TILES) along the long axis: wide on GPUs, few program instances when interpreted."""
-    if device.type == "cuda":
-        return 128, 8
-    block = min(256, max(16, triton.next_power_of_2(L)))
-    return block, max(1, min(16, math.ceil(L / block)))
-
-
 # ---------------------------------------------------------------- Vandermonde
 
 
-@_kernel
-def _cexp_scaled(xr, xi, l):
-    """``exp(x * l)`` as (re, im) with the products ``x * l`` carried exactly (fma two-product).
-
-    A float32 phase ``Im(x) l`` of thousands of radians would otherwise lose ~1e-4 rad to rounding.
-    """
-    ph = xi * l
-    ph_lo = tl.fma(xi, l, -ph)
-    mg = xr * l
-    mag = tl.exp(mg) * (1.0 + tl.fma(xr, l, -mg))
-    c = tl.cos(ph)
-    s = tl.sin(ph)
-    return mag * (c - ph_lo * s), mag * (s + ph_lo * c)
-
-
-@_kernel
-def _vandermonde_fwd(vr_ptr, vi_ptr, xr_ptr, xi_ptr, out_ptr, Np, L,
-                     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, TILES: tl.constexpr):
-    h = tl.program_id(0)
-    chunk = tl.program_id(1)
-    n = tl.arange(0, BLOCK_N)
-    nmask = n < Np
-    vr = tl.load(vr_ptr + h * Np + n, mask=nmask, other=0.0)
-    vi = tl.load(vi_ptr + h * Np + n, mask=nmask, other=0.0)
-    xr = tl.load(xr_ptr + h * Np + n, mask=nmask, other=0.0)
-    xi = tl.load(xi_ptr + h * Np + n, mask=nmask, other=0.0)
-    j = tl.arange(0, BLOCK_L)
-    jf = j.to(xr.dtype)
-    pr, pi = _cexp_scaled(xr[:, None], xi[:, None], jf[None, :])  # z^j: [BLOCK_N, BLOCK_L]
-    for t in tl.static_range(TILES):
-        l0 = (chunk * TILES + t) * BLOCK_L
-        ar, ai = _cexp_scaled(xr, xi, l0.to(xr.dtype))  # z^l0: [BLOCK_N]
-        cr = vr * ar - vi * ai  # v z^l0: [BLOCK_N]
-        ci = vr * ai + vi * ar
-        k = 2.0 * tl.sum(cr[:, None] * pr - ci[:, None] * pi, axis=0)
-        offs = l0 + j
-        tl.store(out_ptr + h * L + offs, k, mask=offs < L)
-
-
-@_kernel
-def _vandermonde_bwd(g_ptr, xr_ptr, xi_ptr, s0r_ptr, s0i_ptr, s1r_ptr, s1i_ptr, Np, L, CHUNKS,
-                     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, TILES: tl.constexpr):
-    # Partial sums over this program's L range: S0 = sum_l g conj(z^l), S1 = sum_l l g conj(z^l).
-    h = tl.program_id(0)
-    chunk = tl.program_id(1)
-    n = tl.arange(0, BLOCK_N)
-    nmask = n < Np
-    xr = tl.load(xr_ptr + h * Np + n, mask=nmask, other=0.0)
-    xi = tl.load(xi_ptr + h * Np + n, mask=nmask, other=0.0)
-    j = tl.arange(0, BLOCK_L)
-    jf = j.to(xr.dtype)
-    pr, pi = _cexp_scaled(xr[:, None], xi[:, None], jf[None, :])  # z^j: [BLOCK_N, BLOCK_L]
-    s0r = tl.zeros([BLOCK_N], dtype=xr.dtype)
-    s0i = tl.zeros([BLOCK_N], dtype=xr.dtype)
-    s1r = tl.zeros([BLOCK_N], dtype=xr.dtype)
-    s1i = tl.zeros([BLOCK_N], dtype=xr.dtype)
-    for t in tl.static_range(TILES):
-        l0 = (chunk * TILES + t) * BLOCK_L
-        l0f = l0.to(xr.dtype)
-        offs = l0 + j
-        g = tl.load(g_ptr + h * L + offs, mask=offs < L, other=0.0).to(xr.dtype)
-        gj = g * jf
-        # T0 = sum_j g_j conj(z^j), T1 = sum_j j g_j conj(z^j)
-        t0r = tl.sum(g[None, :] * pr, axis=1)
-        t0i = -tl.sum(g[None, :] * pi, axis=1)
-        t1r = tl.sum(gj[None, :] * pr, axis=1)
-        t1i = -tl.sum(gj[None, :] * pi, axis=1)
-        ar, ai = _cexp_scaled(xr, xi, l0f)
-        ai = -ai  # conj(z^l0)
-        s0r += ar * t0r - ai * t0i
-        s0i += ar * t0i + ai * t0r
-        ur = l0f * t0r + t1r
-        ui = l0f * t0i + t1i
-        s1r += ar * ur - ai * ui
-        s1i += ar * ui + ai * ur
-    dst = (h * CHUNKS + chunk) * Np + n
-    tl.store(s0r_ptr + dst, s0r, mask=nmask)
-    tl.store(s0i_ptr + dst, s0i, mask=nmask)
-    tl.store(s1r_ptr + dst, s1r, mask=nmask)
-    tl.store(s1i_ptr + dst, s1i, mask=nmask)
-
-
-class _VandermondeTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
-        H, Np = v.shape
-        block, tiles = _blocks(v.device, L)
-        grid = (H, triton.cdiv(L, block * tiles))
-        out = torch.full((H, L), float("nan"), dtype=v.real.dtype, device=v.device)
-        _vandermonde_fwd[grid](*_split(v), *_split(x), out, Np, L,
-                               BLOCK_N=triton.next_power_of_2(Np), BLOCK_L=block, TILES=tiles)
-        ctx.save_for_backward(v, x)
-        ctx.L = L
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        v, x = ctx.saved_tensors
-        L = ctx.L
-        H, Np = v.shape
-        block, tiles = _blocks(v.device, L)
-        chunks = triton.cdiv(L, block * tiles)
-        partials = [torch.full((H, chunks, Np), float("nan"), dtype=v.real.dtype, device=v.device)
-                    for _ in range(4)]
-        _vandermonde_bwd[(H, chunks)](grad.contiguous(), *_split(x), *partials, Np, L, chunks,
-                                      BLOCK_N=triton.next_power_of_2(Np), BLOCK_L=block, TILES=tiles)
-        s0r, s0i, s1r, s1i = (p.sum(1) for p in partials)
-        gv = 2 * torch.complex(s0r, s0i)
-        gx = 2 * v.conj() * torch.complex(s1r, s1i)
-        return gv, gx, None
-
-
-def vandermonde_triton(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
+def vandermonde_triton(v: torch.Tensor, x: torch.Tensor, L: int, launch: Launcher = Launch.run) -> torch.Tensor:
     """``K[h, l] = 2 Re(sum_n v[h, n] exp(x[h, n] l))``; v, x complex ``[H, Np]`` -> real ``[H, L]``."""
-    return _VandermondeTriton.apply(v, x, L)
+    H, Np = v.shape
+    out = _new((H, L), v, v.real.dtype)
+    config = _config("vandermonde_fwd", v, rows=H, Np=Np, L=L)
+    launch(Launch("vandermonde_fwd", config, (*_split(v), *_split(x), out, Np, L)))
+    return out
+
+
+def vandermonde_triton_backward(grad: torch.Tensor, v: torch.Tensor, x: torch.Tensor, L: int,
+                                launch: Launcher = Launch.run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients ``(dv, dx)`` of :func:`vandermonde_triton` for the upstream gradient ``grad [H, L]``."""
+    H, Np = v.shape
+    config = _config("vandermonde_bwd", v, rows=H, Np=Np, L=L)
+    chunks = config.grid[1]
+    partials = [_new((H, chunks, Np), v, v.real.dtype) for _ in range(4)]
+    xr, xi = _split(x)
+    launch(Launch("vandermonde_bwd", config, (grad.contiguous(), xr, xi, *partials, Np, L, chunks)))
+    s0r, s0i, s1r, s1i = (p.sum(1) for p in partials)
+    return 2 * torch.complex(s0r, s0i), 2 * v.conj_physical() * torch.complex(s1r, s1i)
 
 
 # ---------------------------------------------------------------- Cauchy
 
 
-@_kernel
-def _cauchy_fwd(vr_ptr, vi_ptr, wr_ptr, wi_ptr, zr_ptr, zi_ptr, outr_ptr, outi_ptr, Np, M,
-                BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
-    b = tl.program_id(0)
-    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mmask = m < M
-    zr = tl.load(zr_ptr + m, mask=mmask, other=0.0)
-    zi = tl.load(zi_ptr + m, mask=mmask, other=0.0)
-    accr = tl.zeros([BLOCK_M], dtype=zr.dtype)
-    acci = tl.zeros([BLOCK_M], dtype=zr.dtype)
-    for n0 in range(0, Np, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        nmask = n < Np
-        vr = tl.load(vr_ptr + b * Np + n, mask=nmask, other=0.0)[:, None]
-        vi = tl.load(vi_ptr + b * Np + n, mask=nmask, other=0.0)[:, None]
-        wr = tl.load(wr_ptr + b * Np + n, mask=nmask, other=0.0)[:, None]
-        wi = tl.load(wi_ptr + b * Np + n, mask=nmask, other=0.0)[:, None]
-        keep = nmask[:, None] & mmask[None, :]
-        dr = zr[None, :] - wr  # z - w and z - conj(w) share the real part
-        di1 = zi[None, :] - wi
-        di2 = zi[None, :] + wi
-        # Padded lanes carry v = 0; give them a unit denominator so they add exact zeros.
-        inv1 = 1.0 / tl.where(keep, dr * dr + di1 * di1, 1.0)
-        inv2 = 1.0 / tl.where(keep, dr * dr + di2 * di2, 1.0)
-        # v / (z - w) + conj(v) / (z - conj w)
-        tr = (vr * dr + vi * di1) * inv1 + (vr * dr - vi * di2) * inv2
-        ti = (vi * dr - vr * di1) * inv1 - (vr * di2 + vi * dr) * inv2
-        accr += tl.sum(tr, axis=0)
-        acci += tl.sum(ti, axis=0)
-    tl.store(outr_ptr + b * M + m, accr, mask=mmask)
-    tl.store(outi_ptr + b * M + m, acci, mask=mmask)
-
-
-@_kernel
-def _cauchy_bwd(gr_ptr, gi_ptr, wr_ptr, wi_ptr, zr_ptr, zi_ptr, pvr_ptr, pvi_ptr, pwr_ptr, pwi_ptr,
-                Np, M, CHUNKS, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, TILES: tl.constexpr):
-    # Partials over this program's M range, c = 1/(z - w), d = 1/(z - conj w):
-    #   Pv = sum_m g conj(c) + conj(g) d,   Pw = sum_m g conj(c)^2 + conj(g) d^2.
-    b = tl.program_id(0)
-    chunk = tl.program_id(1)
-    for n0 in range(0, Np, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        nmask = n < Np
-        wr = tl.load(wr_ptr + b * Np + n, mask=nmask, other=0.0)[:, None]
-        wi = tl.load(wi_ptr + b * Np + n, mask=nmask, other=0.0)[:, None]
-        avr = tl.zeros([BLOCK_N], dtype=wr.dtype)
-        avi = tl.zeros([BLOCK_N], dtype=wr.dtype)
-        awr = tl.zeros([BLOCK_N], dtype=wr.dtype)
-        awi = tl.zeros([BLOCK_N], dtype=wr.dtype)
-        for t in tl.static_range(TILES):
-            m = (chunk * TILES + t) * BLOCK_M + tl.arange(0, BLOCK_M)
-            mmask = m < M
-            zr = tl.load(zr_ptr + m, mask=mmask, other=0.0)[None, :]
-            zi = tl.load(zi_ptr + m, mask=mmask, other=0.0)[None, :]
-            gr = tl.load(gr_ptr + b * M + m, mask=mmask, other=0.0)[None, :]
-            gi = tl.load(gi_ptr + b * M + m, mask=mmask, other=0.0)[None, :]
-            keep = nmask[:, None] & mmask[None, :]
-            dr = zr - wr
-            di1 = zi - wi
-            di2 = zi + wi
-            # Padded lanes carry g = 0; a unit denominator makes them add exact zeros.
-            inv1 = 1.0 / tl.where(keep, dr * dr + di1 * di1, 1.0)
-            inv2 = 1.0 / tl.where(keep, dr * dr + di2 * di2, 1.0)
-            # conj(c) = (dr + i di1) inv1 ; d = (dr - i di2) inv2
-            ccr = dr * inv1
-            cci = di1 * inv1
-            ddr = dr * inv2
-            ddi = -di2 * inv2
-            # g conj(c) + conj(g) d
-            vr_ = (gr * ccr - gi * cci) + (gr * ddr + gi * ddi)
-            vi_ = (gr * cci + gi * ccr) + (gr * ddi - gi * ddr)
-            # g conj(c)^2 + conj(g) d^2
-            c2r = ccr * ccr - cci * cci
-            c2i = 2.0 * ccr * cci
-            d2r = ddr * ddr - ddi * ddi
-            d2i = 2.0 * ddr * ddi
-            wr_ = (gr * c2r - gi * c2i) + (gr * d2r + gi * d2i)
-            wi_ = (gr * c2i + gi * c2r) + (gr * d2i - gi * d2r)
-            avr += tl.sum(vr_, axis=1)
-            avi += tl.sum(vi_, axis=1)
-            awr += tl.sum(wr_, axis=1)
-            awi += tl.sum(wi_, axis=1)
-        dst = (b * CHUNKS + chunk) * Np + n
-        tl.store(pvr_ptr + dst, avr, mask=nmask)
-        tl.store(pvi_ptr + dst, avi, mask=nmask)
-        tl.store(pwr_ptr + dst, awr, mask=nmask)
-        tl.store(pwi_ptr + dst, awi, mask=nmask)
-
-
-def _cauchy_blocks(device: torch.device, Np: int, M: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_M, TILES) for the Cauchy kernels."""
-    block_n = min(64, triton.next_power_of_2(Np))
-    if device.type == "cuda":
-        return block_n, 64, 4
-    block_m = min(256, max(16, triton.next_power_of_2(M)))
-    return block_n, block_m, max(1, min(16, math.ceil(M / block_m)))
-
-
-class _CauchyTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        rows, Np = v.shape
-        M = z.shape[0]
-        block_n, block_m, _ = _cauchy_blocks(v.device, Np, M)
-        outr, outi = (torch.full((rows, M), float("nan"), dtype=v.real.dtype, device=v.device)
-                      for _ in range(2))
-        _cauchy_fwd[(rows, triton.cdiv(M, block_m))](*_split(v), *_split(w), *_split(z), outr, outi,
-                                                     Np, M, BLOCK_N=block_n, BLOCK_M=block_m)
-        ctx.save_for_backward(v, z, w)
-        return torch.complex(outr, outi)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        v, z, w = ctx.saved_tensors
-        rows, Np = v.shape
-        M = z.shape[0]
-        block_n, block_m, tiles = _cauchy_blocks(v.device, Np, M)
-        chunks = triton.cdiv(M, block_m * tiles)
-        partials = [torch.full((rows, chunks, Np), float("nan"), dtype=v.real.dtype, device=v.device)
-                    for _ in range(4)]
-        _cauchy_bwd[(rows, chunks)](*_split(grad), *_split(w), *_split(z), *partials, Np, M, chunks,
-                                    BLOCK_N=block_n, BLOCK_M=block_m, TILES=tiles)
-        pvr, pvi, pwr, pwi = (p.sum(1) for p in partials)
-        return torch.complex(pvr, pvi), None, v.conj() * torch.complex(pwr, pwi)
-
-
-def cauchy_triton(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def cauchy_triton(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, launch: Launcher = Launch.run) -> torch.Tensor:
     """Cauchy sum over conjugate pairs; v, w complex ``[rows, Np]``, z ``[M]`` -> ``[rows, M]``."""
-    return _CauchyTriton.apply(v, z, w)
+    rows, Np = v.shape
+    M = z.shape[0]
+    outr, outi = (_new((rows, M), v, v.real.dtype) for _ in range(2))
+    config = _config("cauchy_fwd", v, rows=rows, Np=Np, M=M)
+    launch(Launch("cauchy_fwd", config, (*_split(v), *_split(w), *_split(z), outr, outi, Np, M)))
+    return torch.complex(outr, outi)
+
+
+def cauchy_triton_backward(grad: torch.Tensor, v: torch.Tensor, z: torch.Tensor, w: torch.Tensor,
+                           launch: Launcher = Launch.run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients ``(dv, dw)`` of :func:`cauchy_triton` (z is constant) for ``grad [rows, M]``."""
+    rows, Np = v.shape
+    M = z.shape[0]
+    config = _config("cauchy_bwd", v, rows=rows, Np=Np, M=M)
+    chunks = config.grid[1]
+    partials = [_new((rows, chunks, Np), v, v.real.dtype) for _ in range(4)]
+    launch(Launch("cauchy_bwd", config, (*_split(grad), *_split(w), *_split(z), *partials, Np, M, chunks)))
+    pvr, pvi, pwr, pwi = (p.sum(1) for p in partials)
+    return torch.complex(pvr, pvi), v.conj_physical() * torch.complex(pwr, pwi)
+
+
+# ---------------------------------------------------------------- fused denoiser-block ops
+
+
+def modulated_norm_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor | None,
+                          eps: float, launch: Launcher = Launch.run) -> tuple[torch.Tensor, ...]:
+    """``(out, mean, rstd)``: out ``[B, C, L]`` as :func:`ldns_fast.kernels.modulated_norm`, the per-step
+    mean and 1/std ``[B, L]`` in the accumulation dtype (float64 for float64 x, else float32)."""
+    B, C, L = x.shape
+    _require_int32_rows(C, L)
+    x = x.contiguous()
+    out = _new((B, C, L), x)
+    mean, rstd = _new((B, L), x, accumulation_dtype(x.dtype)), _new((B, L), x, accumulation_dtype(x.dtype))
+    config = _config("modnorm_fwd", x, B=B, C=C, L=L)
+    # Without a mask the kernel never reads mask_ptr; x stands in for the pointer.
+    args = (x, shift.reshape(B, C).contiguous(), scale.reshape(B, C).contiguous(), x if mask is None else mask,
+            out, mean, rstd, C, L, eps)
+    launch(Launch("modnorm_fwd", config, args, {"HAS_MASK": mask is not None}))
+    return out, mean, rstd
+
+
+def modulated_norm_triton_backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
+                                   mask: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+                                   launch: Launcher = Launch.run) -> tuple[torch.Tensor, ...]:
+    """Gradients ``(dx, dshift, dscale)`` of :func:`modulated_norm_triton`."""
+    B, C, L = x.shape
+    x = x.contiguous()
+    config = _config("modnorm_bwd", x, B=B, C=C, L=L)
+    chunks = config.grid[1]
+    dx = _new((B, C, L), x)
+    pshift, pscale = (_new((B, chunks, C), x, mean.dtype) for _ in range(2))
+    args = (grad.contiguous(), x, scale.reshape(B, C).contiguous(), x if mask is None else mask, mean, rstd,
+            dx, pshift, pscale, C, L, chunks)
+    launch(Launch("modnorm_bwd", config, args, {"HAS_MASK": mask is not None}))
+    return dx, pshift.sum(1).to(x.dtype)[..., None], pscale.sum(1).to(x.dtype)[..., None]
+
+
+def gelu_gate_residual_triton(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor,
+                              launch: Launcher = Launch.run) -> torch.Tensor:
+    """``x + gate * gelu(y)`` (erf GELU); x, y ``[B, C, L]``, gate ``[B, C, 1]``."""
+    B, C, L = x.shape
+    _require_int32_rows(C, L)
+    out = _new((B, C, L), x)
+    config = _config("gelu_gate_fwd", x, B=B, C=C, L=L)
+    tl = load_kernels().tl
+    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+    args = (x.contiguous(), y.contiguous(), gate.reshape(B, C).contiguous(), out, C, L)
+    launch(Launch("gelu_gate_fwd", config, args, {"ACC": acc}))
+    return out
+
+
+def gelu_gate_residual_triton_backward(grad: torch.Tensor, y: torch.Tensor, gate: torch.Tensor,
+                                       launch: Launcher = Launch.run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients ``(dy, dgate)`` of :func:`gelu_gate_residual_triton` (``dx`` is ``grad`` itself)."""
+    B, C, L = y.shape
+    config = _config("gelu_gate_bwd", y, B=B, C=C, L=L)
+    chunks = config.grid[2]
+    dy = _new((B, C, L), y)
+    pgate = _new((B, chunks, C), y, accumulation_dtype(y.dtype))
+    args = (grad.contiguous(), y.contiguous(), gate.reshape(B, C).contiguous(), dy, pgate, C, L, chunks)
+    launch(Launch("gelu_gate_bwd", config, args))
+    return dy, pgate.sum(1).to(y.dtype)[..., None]

@@ -1,9 +1,9 @@
-"""Atomic, pickle-free checkpoints: a torch file of tensors and plain values, with its config beside it.
+"""Atomic, pickle-free checkpoints: a torch file of tensors and plain values, its config inside.
 
-``save_checkpoint(path, payload, config)`` writes ``path`` (a ``torch.save`` of a dict holding only
-tensors, numbers, strings, lists and dicts) and ``path.with_suffix(".yaml")`` (the config), each to a
-temporary file in the same folder that is fsynced and renamed over the target, so a crash never leaves a
-half-written checkpoint. ``load_checkpoint`` reads with ``torch.load(weights_only=True)`` and turns any
+``save_checkpoint(path, kind, payload, config)`` writes ``path`` (a ``torch.save`` of a dict holding
+only tensors, numbers, strings, lists and dicts) to a temporary file in the same folder that is fsynced
+and renamed over the target, so a crash never leaves a half-written checkpoint. A training run's
+settings live in one place, its ``config.yaml`` (no YAML copy beside each checkpoint to drift from it). ``load_checkpoint`` reads with ``torch.load(weights_only=True)`` and turns any
 failure into a :class:`CheckpointError` that names the file.
 """
 from __future__ import annotations
@@ -43,11 +43,9 @@ def save_yaml(path: str | os.PathLike, data: dict[str, Any]) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: dict[str, Any], config: dict[str, Any]) -> Path:
-    """Atomically write a checkpoint of ``kind`` (e.g. ``"autoencoder"``) and its YAML config beside it."""
+    """Atomically write a checkpoint of ``kind`` (e.g. ``"autoencoder"``) holding its ``config``."""
     record = {"format": FORMAT_VERSION, "kind": kind, "versions": versions(), "config": config, **payload}
-    path = atomic_write(path, lambda tmp: torch.save(record, tmp))
-    save_yaml(Path(path).with_suffix(".yaml"), config)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(record, tmp))
 
 
 def load_checkpoint(
@@ -71,3 +69,14 @@ def load_checkpoint(
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the keys {missing}")
     return record
+
+
+def require_finite(path: str | os.PathLike, values: dict[str, Any], where: str = "") -> None:
+    """Raise a CheckpointError naming ``path`` and the key of the first tensor in ``values`` (nested
+    dicts) that holds NaN or infinite values: such weights or statistics can only produce garbage."""
+    for key, value in values.items():
+        name = f"{where}{key}"
+        if isinstance(value, dict):
+            require_finite(path, value, f"{name}.")
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"checkpoint {path}: {name} holds NaN or infinite values")

@@ -1,6 +1,8 @@
-"""Run configuration: nested dataclasses with presets, serialised to YAML beside every checkpoint.
+"""Run configuration: nested dataclasses with presets, written to a run's ``config.yaml`` and read back.
 
 ``RunConfig`` gathers the data source, both models, the noise schedule and the two training stages.
+Settings read from YAML or dicts are checked against each field's annotation (a typo or a value of the
+wrong type is a ValueError naming its key); ``1e-4`` reads as a number (YAML 1.2, not 1.1's string).
 Presets: ``"cpu"`` (the default: the small Lorenz set, S4D layers, weaker latent penalties and a
 v-predicting denoiser; trains in minutes on 2 cores)
 and ``"paper"`` (the published Lorenz configuration: 5000 x 256 x 128, DPLR S4, long training; GPU).
@@ -8,15 +10,21 @@ and ``"paper"`` (the published Lorenz configuration: 5000 x 256 x 128, DPLR S4, 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ldns_fast.data import LorenzConfig
 from ldns_fast.diffusion import NoiseSchedule
 from ldns_fast.models import AutoencoderConfig, DenoiserConfig
-from ldns_fast.validation import require_positive_ints
+from ldns_fast.spike_history import SpikeHistoryConfig
+from ldns_fast.validation import check_seed, require_positive_ints, require_reals
 
 
 @dataclass
@@ -27,12 +35,23 @@ class DataConfig:
     lorenz_preset: str = "small"
     lorenz: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.source == "lorenz":  # the preset and its overrides (types and values) make a valid dataset config
+            LorenzConfig.preset(self.lorenz_preset, **field_values(LorenzConfig, self.lorenz, "data.lorenz"))
+
 
 @dataclass
 class StageConfig:
-    """Optimisation of one training stage (AdamW, linear warm-up then cosine decay)."""
+    """Optimisation of one training stage (AdamW, linear warm-up then cosine decay over the budget).
+
+    The budget is ``steps`` optimisation steps (rounded up to whole epochs) when ``steps > 0``, else
+    ``epochs`` epochs. With a validation split the weights of the lowest validation loss are the stage's
+    result (``keep_best``), and ``patience > 0`` stops the stage once the validation loss has not improved
+    by a relative ``min_delta`` for ``patience`` steps.
+    """
 
     epochs: int = 20
+    steps: int = 0
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -40,11 +59,23 @@ class StageConfig:
     grad_clip: float = 1.0
     val_every: int = 1
     checkpoint_every: int = 1
+    keep_best: bool = True
+    patience: int = 0
+    min_delta: float = 1e-4
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "epochs", "batch_size", "val_every", "checkpoint_every")
-        if not self.lr > 0:
-            raise ValueError(f"{type(self).__name__}.lr must be positive, got {self.lr}")
+        for name in ("steps", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be an integer >= 0, got {value!r}")
+        require_reals(self, 0.0, math.inf, "lr", "grad_clip", open_low=True)
+        require_reals(self, 0.0, math.inf, "weight_decay", "min_delta")
+        require_reals(self, 0.0, 1.0, "warmup_fraction")
+
+    def budget_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs of the budget for ``steps_per_epoch`` optimisation steps per epoch."""
+        return max(1, math.ceil(self.steps / steps_per_epoch)) if self.steps else self.epochs
 
 
 @dataclass
@@ -60,6 +91,8 @@ class DiffusionStageConfig(StageConfig):
         super().__post_init__()
         if self.loss not in ("mse", "smooth_l1"):
             raise ValueError(f"DiffusionStageConfig.loss must be 'mse' or 'smooth_l1', got {self.loss!r}")
+        require_reals(self, 0.0, math.inf, "smooth_l1_beta", "ema_power", open_low=True)
+        require_reals(self, 0.0, 1.0, "ema_max_decay", open_high=True)
 
 
 @dataclass
@@ -72,7 +105,11 @@ class RunConfig:
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
     diffusion_training: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)
+    spike_history: SpikeHistoryConfig = field(default_factory=SpikeHistoryConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed, "seed")
 
 
 def preset(name: str) -> RunConfig:
@@ -80,15 +117,18 @@ def preset(name: str) -> RunConfig:
     if name == "cpu":
         # Measured on 2 cores (benchmarks/results/quality_vs_speed_lorenz_cpu.md): at this training budget the
         # paper's latent penalties (0.01 / 0.01) over-smooth the rates, and an epsilon-predicting denoiser
-        # draws latents ~17% too narrow; weaker penalties and v-prediction fix both.
+        # draws latents ~17% too narrow; weaker penalties and v-prediction fix both. Budgets are in steps, so
+        # small data sets train as long as large ones (with early stopping), not 60 epochs of a few steps:
+        # on sparse spiking-network data the autoencoder learns stimulus-locked structure only after ~300
+        # steps at lr 3e-3 (docs/fidelity.md).
         return RunConfig(
             data=DataConfig(lorenz_preset="small"),
             autoencoder=AutoencoderConfig(hidden=128, n_blocks=4, ssm_mode="diag", l2_weight=0.001,
                                           smooth_weight=0.001),
-            autoencoder_training=StageConfig(epochs=60, batch_size=64, grad_clip=2.0),
+            autoencoder_training=StageConfig(steps=700, batch_size=64, lr=3e-3, grad_clip=2.0, patience=200),
             denoiser=DenoiserConfig(hidden=64, n_blocks=4, ssm_mode="diag"),
             schedule=NoiseSchedule(prediction_type="v"),
-            diffusion_training=DiffusionStageConfig(epochs=300, batch_size=64),
+            diffusion_training=DiffusionStageConfig(steps=3300, batch_size=64),
         )
     if name == "paper":
         return RunConfig(
@@ -109,25 +149,57 @@ def to_dict(config: Any) -> dict[str, Any]:
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     """Build the dataclass ``cls`` from ``data``, recursing into nested dataclass fields.
 
-    Unknown keys raise a ValueError naming them (a typo must not be silently ignored).
+    Every value is checked against its field's annotation (:func:`field_values`); unknown keys and values
+    of the wrong type raise a ValueError naming them (a typo must not be silently ignored).
     """
+    return cls(**field_values(cls, data, where))
+
+
+def field_values(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` as keyword arguments of the dataclass ``cls``: nested dataclasses built, lists made tuples
+    and integers made floats where the annotation asks; a ValueError naming ``where.key`` otherwise."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; valid keys: {sorted(fields)}")
-    kwargs = {}
-    defaults = cls()
-    for name, value in data.items():
-        current = getattr(defaults, name)
-        if dataclasses.is_dataclass(current):
-            kwargs[name] = from_dict(type(current), value, f"{where}.{name}")
-        elif isinstance(current, tuple) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+    hints = typing.get_type_hints(cls)
+    return {name: _typed(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the annotation ``hint`` (and converted: int -> float, list -> tuple)."""
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]  # the configs' unions are ``X | None``
+        return _typed(value, hint, where)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, bool, str) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    if origin is dict and isinstance(value, dict):
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)) and len(args) == len(value):
+        return tuple(_typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    raise ValueError(f"{where} must be {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    """A type annotation in words, for error messages."""
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if hint in names:
+        return names[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return f"a list of {len(args)} values"
+    return "a mapping" if origin is dict else str(hint)
 
 
 def merge(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -143,12 +215,56 @@ def merge(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, deep_update(to_dict(config), overrides))
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading exponents without a decimal point (``1e-4``, YAML 1.2) as floats:
+    YAML 1.1 made them strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML ``text`` as plain Python values, with YAML 1.2 numbers (``1e-4`` is a float)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain values only
+
+
 def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     """Read a YAML file of (possibly partial) settings on top of ``base`` (default: the cpu preset)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"cannot read config {path}: {err}") from err
     name = data.pop("preset", None) if isinstance(data, dict) else None
     return merge(base or preset(name or "cpu"), data)
+
+
+class _Absent:
+    """The value of a setting one of two configs lacks (shown as ``absent``)."""
+
+    def __repr__(self) -> str:
+        return "absent"
+
+
+ABSENT = _Absent()
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted.key, old value, new value)`` for every setting of two nested config dicts that differs
+    (:data:`ABSENT` for a key one side lacks)."""
+    out = []
+    for key in list(old) + [k for k in new if k not in old]:
+        a, b = old.get(key, ABSENT), new.get(key, ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def describe_differences(old: dict[str, Any], new: dict[str, Any], old_name: str, new_name: str) -> str:
+    """The settings that differ, one ``key: OLD in old_name, NEW in new_name`` per key, joined by ``; ``."""
+    return "; ".join(f"{key}: {a!r} in {old_name}, {b!r} in {new_name}" for key, a, b in differences(old, new))

@@ -9,14 +9,15 @@ Both files use the format of ``docs/data_format.md``. The real file's ``--split`
 compared with every trial of the generated file. With ``--checkpoint`` the generated trials are sampled
 from a trained run (as many as the real split holds, with the same lengths), and the real data default
 to the run's own dataset; ``--reconstruction`` compares the autoencoder's reconstructions of the real
-trials instead (the ceiling any sampler of that run can reach). The table (metric: value on the full
-sets, bootstrap mean +- std) is printed;
-with ``--out``, ``metrics.json`` and the PNG figures are written there.
+trials instead (the ceiling any sampler of that run can reach) and adds the autoencoder quality report of
+``ldns_fast.quality`` on the real data's ``--split`` (``val`` for ``all``; "autoencoder_report" in
+metrics.json). The table (metric: value on the full sets, bootstrap mean +- std) is printed;
+with ``--out``, ``metrics.json`` and the PNG figures are written there (with ``--checkpoint``, also
+``training_curves.png``: the run's losses per stage from its ``metrics.csv``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from pathlib import Path
@@ -25,11 +26,12 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from ldns_fast.atomic import atomic_write
+from ldns_fast.atomic import check_output_dir, write_json
+from ldns_fast.cli import Parser, clear_errors
 from ldns_fast.data import SpikeData, read_dataset
 from ldns_fast.diffusion import SAMPLERS, SPACINGS
 from ldns_fast.metrics import METRIC_LABELS, compare
-from ldns_fast.plots import plot_all
+from ldns_fast.plots import plot_all, plot_training_curves
 
 if TYPE_CHECKING:
     from ldns_fast.pipeline import LDNS
@@ -52,27 +54,6 @@ def _describe(data: SpikeData) -> dict[str, object]:
             "n_bins": data.n_bins, "n_neurons": data.n_neurons}
 
 
-def _json_safe(value: object) -> object:
-    """Nested dicts and lists with NaN and inf floats replaced by None (strict JSON)."""
-    if isinstance(value, dict):
-        return {key: _json_safe(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(result: dict[str, object], path: str | os.PathLike) -> Path:
-    """Write ``result`` as indented strict JSON (NaN as null), atomically."""
-    text = json.dumps(_json_safe(result), indent=2, allow_nan=False)
-
-    def write(temporary: str) -> None:
-        Path(temporary).write_text(text + "\n")
-
-    return atomic_write(path, write)
-
-
 def evaluate_data(
     real: SpikeData,
     generated: SpikeData,
@@ -82,12 +63,16 @@ def evaluate_data(
     seed: int = 0,
     plots: bool = True,
     split: str | None = None,
+    extra: dict[str, object] | None = None,
+    figures: Sequence[Path] = (),
 ) -> dict[str, object]:
     """Compare two in-memory sets; with ``out_dir``, write ``metrics.json`` and (if ``plots``) PNGs.
 
+    ``figures``: further PNGs already written there, listed with the others under "plots".
+
     Returns ``{"real": {path, description, split, n_trials, n_bins, n_neurons}, "generated": {...},
     "bin_width", "n_bootstrap", "seed", "metrics": compare(...), "plots": [paths]}`` (``split`` only records where
-    the real trials came from).
+    the real trials came from) plus the entries of ``extra``.
 
     Raises:
         ValueError: different neuron counts or bin widths.
@@ -98,14 +83,14 @@ def evaluate_data(
     result: dict[str, object] = {
         "real": {**_describe(real), "split": split}, "generated": _describe(generated),
         "bin_width": real.bin_width, "n_bootstrap": n_bootstrap, "seed": seed, "metrics": metrics,
-        "plots": [],
+        "plots": [], **(extra or {}),
     }
     if out_dir is not None:
         if plots:
             paths = plot_all(real.spikes, generated.spikes, out_dir, bin_width=real.bin_width,
                              real_lengths=real.lengths, generated_lengths=generated.lengths,
                              real_latents=real.latents, generated_latents=generated.latents, seed=seed)
-            result["plots"] = [str(p) for p in paths]
+            result["plots"] = [str(p) for p in [*paths, *figures]]
         write_json(result, Path(out_dir) / "metrics.json")
     return result
 
@@ -172,8 +157,8 @@ def format_table(metrics: dict[str, dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ldns_fast.evaluate", description=__doc__.split("\n")[0])
+def _parser() -> Parser:
+    parser = Parser(prog="python -m ldns_fast.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--real", help="HDF5 file of real data (default with --checkpoint: the run's dataset)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--generated", help="HDF5 file of generated data (all trials used)")
@@ -200,23 +185,31 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict[str, object]:
     """Load ``--checkpoint`` once; sample as many trials as the real split holds (same lengths), or
     reconstruct them with ``--reconstruction``, and compare."""
     from ldns_fast.pipeline import LDNS
+    from ldns_fast.quality import autoencoder_report
+    from ldns_fast.training.log import METRICS_FILE, read_metrics
     from ldns_fast.training.stages import load_data
 
     model = LDNS.load(args.checkpoint, args.device)
-    real = read_dataset(args.real) if args.real is not None else load_data(model.config)
-    if args.split != "all":
-        real = real.split(args.split)
+    data = read_dataset(args.real) if args.real is not None else load_data(model.config)
+    real = data if args.split == "all" else data.split(args.split)
     if real.n_trials == 0:
         raise ValueError(f"the real data's {args.split!r} split holds no trials")
+    extra = {}
     if args.reconstruction:
         recon = model.reconstruct(real, seed=args.seed)
         generated = recon.to_spike_data(real.bin_width, f"autoencoder reconstruction by {args.checkpoint}")
+        split = "val" if args.split == "all" else args.split
+        extra["autoencoder_report"] = autoencoder_report(model.autoencoder, data, model.device, split, seed=args.seed)
     else:
         generated = sample_from_run(model, real.lengths, sampler=args.sampler, steps=args.steps, seed=args.seed,
                                     spacing=args.spacing, spike_history=args.spike_history, like=real,
                                     source=args.checkpoint)
+    figures = []
+    log = Path(args.checkpoint) / METRICS_FILE
+    if args.out is not None and not args.no_plots and log.is_file():
+        figures.append(plot_training_curves(read_metrics(log), Path(args.out) / "training_curves.png"))
     return evaluate_data(real, generated, out_dir=args.out, n_bootstrap=args.bootstrap, seed=args.seed,
-                         plots=not args.no_plots, split=args.split)
+                         plots=not args.no_plots, split=args.split, extra=extra, figures=figures)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,21 +220,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--bootstrap must be >= 0")
     if args.reconstruction and args.checkpoint is None:
         parser.error("--reconstruction needs --checkpoint")
-    try:
+    if args.checkpoint is None and args.real is None:
+        parser.error("--real is required with --generated")
+    with clear_errors():  # one line "error: ..." (exit 2) for bad files, checkpoints, settings or outputs
+        if args.out is not None:
+            check_output_dir(args.out)  # before any work
         if args.checkpoint is None:
-            if args.real is None:
-                parser.error("--real is required with --generated")
             result = evaluate_files(args.real, args.generated, split=args.split, out_dir=args.out,
                                     n_bootstrap=args.bootstrap, seed=args.seed, plots=not args.no_plots)
         else:
             result = _evaluate_checkpoint(args)
-    except ValueError as err:  # DataFormatError and CheckpointError are ValueErrors
-        parser.error(str(err))
     real, generated = result["real"], result["generated"]
     print(f"real: {real['path']} ({args.split}, {real['n_trials']} trials); "
           f"generated: {generated['path'] or generated['description']} ({generated['n_trials']} trials); "
           f"{real['n_neurons']} neurons, bin width {result['bin_width']} s, {args.bootstrap} bootstrap resamples")
     print(format_table(result["metrics"]))
+    if "autoencoder_report" in result:
+        from ldns_fast.quality import format_report
+
+        print(format_report(result["autoencoder_report"]))
     if args.out is not None:
         print(f"wrote {Path(args.out) / 'metrics.json'} and {len(result['plots'])} figures")
     return 0

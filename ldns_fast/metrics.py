@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ldns_fast.validation import check_bin_width
+
 MAX_COUNT = int(np.iinfo(np.uint16).max)
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -109,12 +111,6 @@ def _check_lengths(lengths: np.ndarray | None, n: int, t: int) -> np.ndarray:
     if lengths.min() < 1 or lengths.max() > t:
         raise ValueError(f"lengths must lie in [1, {t}], got range [{lengths.min()}, {lengths.max()}]")
     return lengths.astype(np.int64)
-
-
-def _check_bin_width(bin_width: float) -> float:
-    if not (np.isfinite(bin_width) and bin_width > 0):
-        raise ValueError(f"bin_width must be a positive number of seconds, got {bin_width}")
-    return float(bin_width)
 
 
 def prepare_counts(counts: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -262,7 +258,7 @@ def summarize(counts: np.ndarray, lengths: np.ndarray | None = None, bin_width: 
     """All statistics of one set: counts ``[n, T, N]``, lengths ``[n]`` (default ``T``), bin width (s)."""
     x, lengths = prepare_counts(counts, lengths)
     w = np.ones(x.shape[0])
-    return _summarize(_trial_sums(x, lengths), w, _weighted_grams(x, w[None])[0], _check_bin_width(bin_width))
+    return _summarize(_trial_sums(x, lengths), w, _weighted_grams(x, w[None])[0], check_bin_width(bin_width))
 
 
 def spike_times(
@@ -464,7 +460,7 @@ def compare(
     Raises:
         ValueError: invalid counts, lengths or bin width, different neuron counts, ``n_bootstrap < 0``.
     """
-    bin_width = _check_bin_width(bin_width)
+    bin_width = check_bin_width(bin_width)
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
     x_real, lengths_real = prepare_counts(real, real_lengths)

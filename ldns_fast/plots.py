@@ -159,6 +159,33 @@ def plot_latents(
     return _save(figure, path)
 
 
+def plot_training_curves(rows: list[dict[str, object]], path: str | os.PathLike) -> Path:
+    """Train and validation loss against the optimisation step, one panel per stage, log scale.
+
+    ``rows`` are the epochs of a run's ``metrics.csv`` (``ldns_fast.training.log.read_metrics``). A panel
+    whose losses are not all positive (a Poisson NLL can be negative) keeps a linear scale.
+    """
+    stages = list(dict.fromkeys(str(row["stage"]) for row in rows))
+    figure = Figure(figsize=(5 * max(len(stages), 1), 3.8), layout="constrained")
+    for ax, stage in zip(figure.subplots(1, max(len(stages), 1), squeeze=False)[0], stages):
+        mine = [row for row in rows if row["stage"] == stage]
+        values = []
+        for key, color in (("train_loss", REAL_COLOR), ("val_loss", GENERATED_COLOR)):
+            points = [(row["step"], row[key]) for row in mine if key in row]
+            if points:
+                steps, losses = zip(*points)
+                ax.plot(steps, losses, color=color, marker="." if len(points) < 50 else None,
+                        label=key.replace("_", " "))
+                values += losses
+        positive = bool(values) and min(values) > 0
+        ax.set_yscale("log" if positive else "linear")
+        ax.set_xlabel("optimisation step")
+        ax.set_ylabel("loss" + ("" if positive else " (linear: not all > 0)"))
+        ax.set_title(f"{stage} ({len(mine)} epochs)", fontsize=9)
+        ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
 def plot_all(
     real: np.ndarray,
     generated: np.ndarray,

@@ -6,37 +6,68 @@ Examples::
     python -m ldns_fast.train --preset paper --device cuda --out runs/paper
     python -m ldns_fast.train --config my.yaml --data my_data.h5 --out runs/mine
     python -m ldns_fast.train --out runs/lorenz --resume            # continue an interrupted run
+    python -m ldns_fast.train --config runs/lorenz/config.yaml --out runs/again   # the same run again
     torchrun --nproc_per_node 4 -m ldns_fast.train --preset paper --device cuda --out runs/ddp
 
 Settings come from ``--preset`` (``cpu`` by default), then ``--config`` (YAML, partial allowed), then
-``--set section.key=value`` overrides. The full configuration is written to ``OUT/config.yaml``.
+flags and ``--set section.key=value`` overrides. The full configuration, with the sizes read from the
+data, is written to ``OUT/config.yaml`` before training starts and is the run's source of truth:
+``--resume`` starts from it (flags may repeat a setting, not change it), and ``--config OUT/config.yaml``
+repeats the run (bitwise on CPU: every random draw follows from ``seed``).
+
+Each epoch appends a row to ``OUT/metrics.csv``. Unless a progress bar shows on a terminal (none with
+``--no-progress`` or when the output goes to files, as in batch jobs) one line per epoch (at most about
+100 per stage) goes to stdout; ``--log tensorboard`` also writes TensorBoard event files under
+``OUT/tensorboard``. One process at a time trains in a folder (a lock inside it). Every refusal
+(settings, data, device, output folder, checkpoints, a folder in use) is one line ``error: ...`` with
+exit status 2 before anything in ``OUT`` changes, and ``--overwrite`` keeps the old run's files until the
+new run writes its own.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import yaml
 
-from ldns_fast.checkpoint import save_yaml
-from ldns_fast.config import RunConfig, load_config, merge, preset, to_dict
-from ldns_fast.training.loop import distributed_context
+from ldns_fast.atomic import check_output_dir, write_json
+from ldns_fast.checkpoint import load_checkpoint, save_yaml
+from ldns_fast.cli import Parser, clear_errors
+from ldns_fast.config import RunConfig, describe_differences, load_config, merge, parse_yaml, preset, to_dict
+from ldns_fast.data import SpikeData
+from ldns_fast.lock import exclusive_lock
+from ldns_fast.models import Autoencoder, Denoiser
+from ldns_fast.quality import autoencoder_report, format_report
+from ldns_fast.spike_history import SpikeHistoryModel
+from ldns_fast.training.log import TrainingLog
+from ldns_fast.training.loop import distributed_context, require_settings
 from ldns_fast.training.stages import (
+    AUTOENCODER_DIGEST,
     AUTOENCODER_FILE,
+    AUTOENCODER_REPORT_FILE,
     DIFFUSION_FILE,
+    autoencoder_stage_config,
+    diffusion_stage_config,
     fit_spike_history,
     load_data,
+    remove_stale,
     train_autoencoder,
     train_diffusion,
+    weights_digest,
 )
+from ldns_fast.validation import check_device
+
+CONFIG_FILE = "config.yaml"
 
 
 def parse_overrides(items: Sequence[str]) -> dict:
-    """``["autoencoder.hidden=64", ...]`` -> nested dict with YAML-parsed values."""
+    """``["autoencoder.hidden=64", ...]`` -> nested dict with YAML-parsed values (``1e-4`` is a number)."""
     out: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -46,95 +77,176 @@ def parse_overrides(items: Sequence[str]) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = parse_yaml(value)
     return out
 
 
-def build_config(args: argparse.Namespace) -> RunConfig:
-    """Preset -> YAML file -> flags -> ``--set`` overrides."""
-    config = load_config(args.config, preset(args.preset)) if args.config else preset(args.preset)
+def build_config(args: argparse.Namespace, stored: RunConfig | None = None) -> RunConfig:
+    """Base (``--preset``, else the resumed run's ``stored`` config, else the cpu preset) -> YAML file ->
+    flags -> ``--set`` overrides."""
+    config = preset(args.preset or "cpu") if stored is None or args.preset else stored
+    if args.config:
+        config = load_config(args.config, config)
     flags: dict = {}
     if args.data:
-        flags.setdefault("data", {})["source"] = str(args.data)
+        flags.setdefault("data", {})["source"] = str(args.data.expanduser().resolve())
     if args.seed is not None:
         flags["seed"] = args.seed
-    if args.ae_epochs is not None:
-        flags.setdefault("autoencoder_training", {})["epochs"] = args.ae_epochs
-    if args.diffusion_epochs is not None:
-        flags.setdefault("diffusion_training", {})["epochs"] = args.diffusion_epochs
+    for stage in ("ae", "diffusion"):
+        section = "autoencoder_training" if stage == "ae" else "diffusion_training"
+        epochs, steps = getattr(args, f"{stage}_epochs"), getattr(args, f"{stage}_steps")
+        if epochs is not None:  # an epoch count replaces the step budget
+            flags.setdefault(section, {}).update(epochs=epochs, steps=0)
+        if steps is not None:
+            flags.setdefault(section, {})["steps"] = steps
     return merge(merge(config, flags), parse_overrides(args.set))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ldns_fast.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/lorenz"), help="output folder (default runs/lorenz)")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="base configuration")
-    p.add_argument("--config", type=Path, help="YAML file of settings on top of the preset")
-    p.add_argument("--data", type=Path, help="HDF5 dataset (docs/data_format.md) instead of synthetic Lorenz")
-    p.add_argument("--stage", default="all", choices=["all", "autoencoder", "diffusion"])
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace existing checkpoints in --out")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true", help="train through torch.compile")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--ae-epochs", type=int, help="autoencoder epochs (overrides the config)")
-    p.add_argument("--diffusion-epochs", type=int, help="denoiser epochs (overrides the config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any setting, e.g. --set autoencoder.hidden=64 (repeatable)")
-    p.add_argument("--spike-history", action="store_true",
-                   help="also fit the spike-history observation model on the autoencoder's rates")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
-def _check_out_dir(out: Path, args: argparse.Namespace) -> None:
-    """Refuse to overwrite checkpoints silently; ``--stage diffusion`` builds on an existing autoencoder."""
-    produced = (DIFFUSION_FILE,) if args.stage == "diffusion" else (AUTOENCODER_FILE, DIFFUSION_FILE)
-    existing = [f for f in produced if (out / f).exists()]
-    if existing and not (args.resume or args.overwrite):
-        raise SystemExit(
-            f"error: {out} already holds {', '.join(existing)}; pass --resume to continue that run, "
-            f"--overwrite to replace it, or choose another --out"
-        )
-    if args.overwrite and not args.resume:
-        for f in existing:
-            (out / f).unlink()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        config = build_config(args)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from err
-    ctx = distributed_context(args.device)
-    out: Path = args.out
-    if ctx.is_main:
-        _check_out_dir(out, args)
-        save_yaml(out / "config.yaml", to_dict(config))
-    data = load_data(config)
-    config = merge(config, {"autoencoder": {"n_neurons": data.n_neurons}, "denoiser": {
+def with_data_sizes(config: RunConfig, data: SpikeData) -> RunConfig:
+    """``config`` with the models' data-dependent sizes (neurons, latent, conditions) read from ``data``."""
+    return merge(config, {"autoencoder": {"n_neurons": data.n_neurons}, "denoiser": {
         "latent": config.autoencoder.latent,
         "cond_dim": 0 if data.conditions is None else int(data.conditions.shape[1]),
         "behavior_channels": 0 if data.behavior is None else int(data.behavior.shape[2]),
     }})
-    progress = not args.no_progress
-    started = time.perf_counter()
+
+
+def parser() -> Parser:
+    p = Parser(prog="python -m ldns_fast.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/lorenz"), help="output folder (default runs/lorenz)")
+    p.add_argument("--preset", choices=["cpu", "paper"],
+                   help="base configuration (default cpu; with --resume, the run's config.yaml)")
+    p.add_argument("--config", type=Path, help="YAML file of settings on top of the preset")
+    p.add_argument("--data", type=Path, help="HDF5 dataset (docs/data_format.md) instead of synthetic Lorenz")
+    p.add_argument("--stage", default="all", choices=["all", "autoencoder", "diffusion"])
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue the run in --out with the settings of its config.yaml")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="train a new run in --out, replacing its files as the new ones are written")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="train through torch.compile")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ae-epochs", type=int, help="autoencoder epochs (replaces the config's budget)")
+    p.add_argument("--ae-steps", type=int, help="autoencoder budget in optimisation steps")
+    p.add_argument("--diffusion-epochs", type=int, help="denoiser epochs (replaces the config's budget)")
+    p.add_argument("--diffusion-steps", type=int, help="denoiser budget in optimisation steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set autoencoder.hidden=64 (repeatable)")
+    p.add_argument("--spike-history", action="store_true",
+                   help="also fit the spike-history observation model on the autoencoder's rates")
+    p.add_argument("--log", default="csv", choices=["csv", "tensorboard"],
+                   help="OUT/metrics.csv always; tensorboard: also event files in OUT/tensorboard "
+                        "(pip install 'ldns_fast[tensorboard]')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars: a line per epoch instead")
+    return p
+
+
+def _stored_config(out: Path) -> RunConfig | None:
+    """The settings of the run in ``out`` (its config.yaml), or None when it has none."""
+    path = out / CONFIG_FILE
+    return load_config(path, RunConfig()) if path.is_file() else None
+
+
+def _check_settings(config: RunConfig, spike_history: bool) -> None:
+    """Build the models once (then dropped) so a bad model setting is refused before anything is written."""
+    with torch.random.fork_rng(devices=[]):
+        Autoencoder(config.autoencoder)
+        Denoiser(config.denoiser)
+        if spike_history:
+            SpikeHistoryModel.from_config(config.autoencoder.n_neurons, config.spike_history)
+
+
+def _check_resumed_settings(stored: RunConfig, config: RunConfig, out: Path) -> None:
+    """``--resume`` continues the settings of ``out/config.yaml``: refuse a command line that changes them."""
+    if to_dict(stored) != to_dict(config):
+        changes = describe_differences(to_dict(stored), to_dict(config), CONFIG_FILE, "the command line")
+        raise ValueError(f"--resume continues {out} with the settings of its {CONFIG_FILE}, but the command line "
+                         f"changes them ({changes}); drop those options, or train into a new --out")
+
+
+def _check_out_dir(out: Path, args: argparse.Namespace) -> None:
+    """Refuse to replace checkpoints silently; ``--stage diffusion`` builds on an existing autoencoder."""
+    produced = (DIFFUSION_FILE,) if args.stage == "diffusion" else (AUTOENCODER_FILE, DIFFUSION_FILE)
+    existing = [f for f in produced if (out / f).exists()]
+    if existing and not (args.resume or args.overwrite):
+        raise FileExistsError(
+            f"{out} already holds {', '.join(existing)}; pass --resume to continue that run, "
+            f"--overwrite to replace it, or choose another --out"
+        )
     if args.stage == "diffusion" and not (out / AUTOENCODER_FILE).exists():
-        raise SystemExit(f"error: --stage diffusion needs a trained {out / AUTOENCODER_FILE}")
-    # --stage diffusion builds on the autoencoder already in --out (reloaded, or finished if interrupted).
-    autoencoder, ae_history = train_autoencoder(config, data, out, ctx, resume=args.resume or args.stage == "diffusion",
-                                                compile=args.compile, progress=progress)
-    report = {"autoencoder": ae_history[-1] if ae_history else {}}
-    if args.spike_history and ctx.is_main:
-        _, losses = fit_spike_history(autoencoder, data, out, ctx.device)
-        report["spike_history"] = {"nll": losses[-1]}
-    if args.stage != "autoencoder":
-        _, diffusion_history = train_diffusion(config, autoencoder, data, out, ctx, resume=args.resume,
-                                               compile=args.compile, progress=progress)
-        report["diffusion"] = diffusion_history[-1] if diffusion_history else {}
+        raise FileNotFoundError(f"--stage diffusion needs a trained {out / AUTOENCODER_FILE}")
+
+
+def _check_resumable(out: Path, config: RunConfig, denoiser: bool) -> None:
+    """The checkpoints the run continues (the autoencoder's, and with ``denoiser`` the denoiser's) load and
+    hold its settings: checked before anything is written. A denoiser of another autoencoder is left over
+    from a replaced run: not continued, and removed once the autoencoder stage is done."""
+    ae_path, diff_path = out / AUTOENCODER_FILE, out / DIFFUSION_FILE
+    if not ae_path.exists():
+        return
+    ae = load_checkpoint(ae_path, "autoencoder", ("model", "complete"))
+    require_settings(ae_path, ae["config"], autoencoder_stage_config(config))
+    if denoiser and ae["complete"] and diff_path.exists():
+        diff = load_checkpoint(diff_path, "diffusion")
+        digest = weights_digest(ae["model"])
+        if diff.get(AUTOENCODER_DIGEST, digest) == digest:
+            require_settings(diff_path, diff["config"], diffusion_stage_config(config))
+
+
+def _write_config(path: Path, config: RunConfig) -> None:
+    """Write ``config`` to ``path`` unless the file already holds exactly it (a resumed run)."""
+    data = to_dict(config)
+    if not (path.is_file() and path.read_text() == yaml.safe_dump(data, sort_keys=False)):
+        save_yaml(path, data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    out: Path = args.out
+    progress = not args.no_progress and sys.stderr.isatty()
+    with clear_errors():  # every refusal before anything in --out changes
+        check_device(args.device)
+        check_output_dir(out)
+        stored = _stored_config(out) if args.resume else None
+        config = build_config(args, stored)
+        data = load_data(config)
+        config = with_data_sizes(config, data)
+        _check_settings(config, args.spike_history)
+        if stored is not None:
+            _check_resumed_settings(with_data_sizes(stored, data), config, out)
+        log = TrainingLog(out, console=not (progress and sys.stdout.isatty()), tensorboard=args.log == "tensorboard")
+    ctx = distributed_context(args.device)
+    started = time.perf_counter()
+    with ExitStack() as stack, clear_errors():
+        if ctx.is_main:
+            stack.enter_context(exclusive_lock(out, folder=True))  # held until training ends
+            _check_out_dir(out, args)
+            if args.resume or args.stage == "diffusion":
+                _check_resumable(out, config, denoiser=args.resume)
+            _write_config(out / CONFIG_FILE, config)
+        # --stage diffusion builds on the autoencoder already in --out (reloaded, or finished if interrupted).
+        autoencoder, ae_history = train_autoencoder(
+            config, data, out, ctx, resume=args.resume or args.stage == "diffusion", compile=args.compile,
+            progress=progress, log=log,
+        )
+        report = {"autoencoder": ae_history[-1] if ae_history else {}}
+        if ctx.is_main:
+            for path in remove_stale(out, autoencoder):
+                print(f"removed {path}: it was trained on the autoencoder this run replaced", file=sys.stderr)
+            quality = autoencoder_report(autoencoder, data, ctx.device, seed=config.seed)
+            write_json(quality, out / AUTOENCODER_REPORT_FILE)
+            print(format_report(quality), flush=True)
+            if args.spike_history:
+                _, losses = fit_spike_history(autoencoder, data, out, ctx.device, config.spike_history)
+                report["spike_history"] = {"nll": losses[-1]}
+        if ctx.world_size > 1:
+            dist.barrier()  # the other ranks resume the denoiser only after stale checkpoints are gone
+        if args.stage != "autoencoder":
+            _, diffusion_history = train_diffusion(config, autoencoder, data, out, ctx, resume=args.resume,
+                                                   compile=args.compile, progress=progress, log=log)
+            report["diffusion"] = diffusion_history[-1] if diffusion_history else {}
     if ctx.is_main:
-        save_yaml(out / "config.yaml", to_dict(config))
         minutes = (time.perf_counter() - started) / 60
         print(f"trained in {minutes:.1f} min; final losses: {report}; checkpoints in {out}", file=sys.stderr)
     return 0

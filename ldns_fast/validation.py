@@ -1,5 +1,15 @@
-"""Argument checks shared by the configuration dataclasses."""
+"""Argument checks shared across the package: configuration fields, seeds and devices."""
 from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+SEED_LIMIT = 1 << 64  # seeds are unsigned 64-bit integers (torch generators; numpy takes them too)
+# Time bins from 1 microsecond to 1 hour: rates (counts / bin_width) and durations stay finite in float32.
+BIN_WIDTH_RANGE = (1e-6, 3600.0)
 
 
 def require_positive_ints(config: object, *names: str) -> None:
@@ -8,3 +18,64 @@ def require_positive_ints(config: object, *names: str) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def require_reals(
+    config: object, low: float, high: float, *names: str, open_low: bool = False, open_high: bool = False
+) -> None:
+    """Raise a ValueError naming ``Type.field`` unless each named field of ``config`` is a finite real number
+    in ``[low, high]`` (an open end with ``open_low`` / ``open_high``)."""
+    for name in names:
+        value = getattr(config, name)
+        real = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        above = real and (low < value if open_low else low <= value)
+        if not (above and (value < high if open_high else value <= high)):
+            bounds = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high or high == math.inf else ']'}"
+            raise ValueError(f"{type(config).__name__}.{name} must be a finite number in {bounds}, got {value!r}")
+
+
+def check_bin_width(bin_width: object, name: str = "bin_width") -> float:
+    """``bin_width`` (seconds) as a float within :data:`BIN_WIDTH_RANGE`; else a ValueError naming ``name``."""
+    import numpy as np
+
+    low, high = BIN_WIDTH_RANGE
+    value = np.asarray(bin_width) if not isinstance(bin_width, str) else None
+    if value is None or value.size != 1 or value.dtype.kind not in "iuf" or not low <= float(value) <= high:
+        raise ValueError(f"{name} must be one number of seconds in [{low:g}, {high:g}], got {bin_width!r}")
+    return float(value)
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` as an int in ``[0, 2**64)``, the range torch and numpy generators agree on; else a ValueError."""
+    import numpy as np
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine (cpu, or an available cuda/mps device).
+
+    Raises:
+        ValueError: an unknown device name, or a device this machine does not have.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:INDEX") from err
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(device)!r}: MPS is not available on this machine")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported; use cpu, cuda or cuda:INDEX")
+    return parsed

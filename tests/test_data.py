@@ -340,6 +340,26 @@ def test_reader_rejects_a_group_named_spikes(tmp_path: Path) -> None:
         read_dataset(path)
 
 
+def test_reader_turns_every_failure_on_corrupt_metadata_into_a_data_format_error(tmp_path: Path) -> None:
+    """Single flipped bytes in the group B-tree, heap and symbol table signatures and in the ``bin_width``
+    attribute's header: h5py raised RuntimeError, KeyError or ValueError for some of them."""
+    path = write_dataset(tmp_path / "d.h5", np.ones((3, 4, 2), np.uint8), bin_width=0.01)
+    original = path.read_bytes()
+    attribute = original.index(b"bin_width")
+    positions = [original.index(signature) for signature in (b"TREE", b"HEAP", b"SNOD")]
+    refused = []
+    for position in positions + list(range(attribute, attribute + 64)):
+        corrupt = bytearray(original)
+        corrupt[position] ^= 0xFF
+        path.write_bytes(bytes(corrupt))
+        try:
+            read_dataset(path)
+        except DataFormatError as err:
+            assert str(path) in str(err)
+            refused.append(position)
+    assert positions[0] in refused and len(refused) > 10  # the root B-tree signature made h5py raise RuntimeError
+
+
 # ---------------------------------------------------------------------------------- atomic writing
 
 

@@ -1,11 +1,13 @@
-"""ONNX export (:mod:`ldns_fast.export`): parity of onnxruntime with torch, metadata, the torch-free
-runtime :class:`OnnxSampler`, and errors.
+"""ONNX export (:mod:`ldns_fast.export`): parity of onnxruntime with torch, the operations in the
+graphs, metadata, the torch-free runtime :class:`OnnxSampler`, and errors.
 
 Models have random weights perturbed away from their zero-initialised gates, so every S4 layer shapes
 the output. Tolerance: relative error (norm over the valid bins) <= 1e-4 against torch in float32.
+Graphs: direct Toeplitz (S4D, unconditional), FFT (DPLR, conditional) and chunked scan (DPLR).
 """
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -22,11 +24,12 @@ from ldns_fast.config import merge, preset  # noqa: E402
 from ldns_fast.data import read_dataset, valid_mask  # noqa: E402
 from ldns_fast.diffusion import make_sampler, make_timesteps, sample  # noqa: E402
 from ldns_fast.export import ExportError, OnnxSampler, export_onnx, read_metadata  # noqa: E402
-from ldns_fast.export.diagonal import diagonal_form  # noqa: E402
 from ldns_fast.export.modules import KERNEL_CHUNK, DiagonalS4  # noqa: E402
+from ldns_fast.export.onnx_export import CHUNKED_MIN_CAPACITY  # noqa: E402
 from ldns_fast.models import Autoencoder, Denoiser  # noqa: E402
 from ldns_fast.pipeline import LDNS  # noqa: E402
 from ldns_fast.ssm import S4  # noqa: E402
+from ldns_fast.ssm.chunked import CHUNK  # noqa: E402
 
 TOL = 1e-4
 STEPS = 3
@@ -62,6 +65,14 @@ def conditional(tmp_path_factory) -> tuple[LDNS, Path]:
     return model, out
 
 
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory) -> tuple[LDNS, Path]:
+    model = random_model("dplr", seed=2)
+    out = tmp_path_factory.mktemp("onnx-chunked")
+    export_onnx(model, out, sampler="ddim", steps=STEPS, conv="chunked")
+    return model, out
+
+
 def torch_reference(model: LDNS, noise: torch.Tensor, lengths: torch.Tensor, sampler: str, scale: float = 1.0,
                     conditions: torch.Tensor | None = None, behavior: torch.Tensor | None = None):
     """What :meth:`LDNS.sample` computes from ``noise`` (latents and rates, zero past each length)."""
@@ -88,34 +99,35 @@ def run_session(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 # ------------------------------------------------------------------------------- diagonal form
 
 
+@pytest.mark.parametrize("conv", ["direct", "fft", "chunked"])
 @pytest.mark.parametrize("mode", ["diag", "dplr"])
-def test_diagonal_s4_reproduces_the_layer_at_any_length(mode: str) -> None:
+def test_diagonal_s4_reproduces_the_layer_at_any_length(mode: str, conv: str) -> None:
     torch.manual_seed(3)
     layer = S4(6, 16, mode=mode, bidirectional=True, backend="torch")
     with torch.no_grad():
         for p in layer.kernel.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    exported = DiagonalS4(layer, "fft")
+    exported = DiagonalS4(layer, conv, max_length=4096)
     for L in (1, 37, KERNEL_CHUNK, 3 * KERNEL_CHUNK + 5):
-        with torch.no_grad():
-            want = layer.double().kernel(L).float()
-            layer.float()
-            got = exported.kernel(L)
-        assert got.shape == want.shape
-        assert relative_error(got.numpy(), want.numpy()) < 1e-5, L
+        if conv != "chunked":
+            with torch.no_grad():
+                want = layer.double().kernel(L).float()
+                layer.float()
+                got = exported.kernel(L)
+            assert got.shape == want.shape
+            assert relative_error(got.numpy(), want.numpy()) < 1e-5, L
         u = torch.randn(2, 6, L)
         with torch.no_grad():
             assert relative_error(exported(u).numpy(), layer(u).numpy()) < 1e-5
 
 
-def test_diagonal_form_refuses_an_inexact_decomposition(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ldns_fast.export.diagonal as diagonal
+def test_diagonal_s4_refuses_an_inexact_decomposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ldns_fast.ssm.diagonal as diagonal
 
     layer = S4(4, 8, mode="dplr", bidirectional=True, backend="torch")
-    assert diagonal_form(layer.kernel).w.shape == (2, 4, 8)  # all N eigenvalues of the full system
     monkeypatch.setattr(diagonal, "DIAGONAL_FORM_TOLERANCE", 0.0)
     with pytest.raises(ExportError, match="too ill-conditioned"):
-        diagonal_form(layer.kernel)
+        DiagonalS4(layer, "chunked", max_length=100)
 
 
 # ------------------------------------------------------------------------------ graph parity
@@ -162,6 +174,97 @@ def test_denoiser_and_decoder_graphs_match_torch(conditional) -> None:
     assert relative_error(run_session(out / "decoder.onnx", {"latents": x.numpy()})[0], want_rates) < TOL
 
 
+@pytest.mark.parametrize("lengths", [[24, 24], [1], [129, 128, 127, 2], [1000, 257, 3]])
+def test_chunked_sampler_graph_matches_torch_for_unseen_lengths(chunked, lengths: list[int]) -> None:
+    model, out = chunked
+    lengths = torch.tensor(lengths)
+    noise = torch.randn(len(lengths), 4, int(lengths.max()), generator=torch.Generator().manual_seed(len(lengths)))
+    want_latents, want_rates = torch_reference(model, noise, lengths, "ddim")
+    latents, rates = run_session(out / "sampler.onnx", {"noise": noise.numpy(), "lengths": lengths.numpy()})
+    assert relative_error(latents, want_latents) < TOL and relative_error(rates, want_rates) < TOL
+    for i, length in enumerate(lengths.tolist()):
+        assert not latents[i, :, length:].any() and not rates[i, :, length:].any()
+
+
+def test_chunked_sampler_makes_a_50000_bin_trial_like_torch(chunked) -> None:
+    model, out = chunked
+    model = copy.deepcopy(model)
+    for module in model.denoiser.modules():  # an independent reference: torch's FFT convolutions
+        if isinstance(module, S4):
+            module.conv = "fft"
+    lengths = torch.tensor([50_000])
+    noise = torch.randn(1, 4, 50_000, generator=torch.Generator().manual_seed(7))
+    want_latents, want_rates = torch_reference(model, noise, lengths, "ddim")
+    batch = OnnxSampler(out / "sampler.onnx").sample(lengths=[50_000], noise=[noise[0].numpy()], seed=0)
+    assert relative_error(batch.latents, want_latents) < TOL and relative_error(batch.rates, want_rates) < TOL
+
+
+# Operators that onnxruntime's CUDA execution provider implements for float32 (and for the int64/bool
+# tensors of shape arithmetic and masks), from the "Operators implemented by CUDAExecutionProvider"
+# table (domain ai.onnx) of onnxruntime's docs/OperatorKernels.md (main branch, 2025). It lists no DFT
+# and no STFT: a graph holding them falls back to the CPU for those nodes.
+CUDA_FLOAT32_OPS = frozenset({
+    "Abs", "Add", "And", "Cast", "Ceil", "Clip", "Concat", "ConstantOfShape", "Conv", "Cos", "CumSum", "Div",
+    "Equal", "Erf", "Exp", "Expand", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gelu", "Gemm",
+    "Greater", "GreaterOrEqual", "Identity", "LayerNormalization", "Less", "LessOrEqual", "Log", "MatMul", "Max",
+    "Min", "Mod", "Mul", "Neg", "Not", "Or", "Pad", "Pow", "Range", "Reciprocal", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Sign", "Sin", "Slice", "Softmax", "Softplus",
+    "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Trilu", "Unsqueeze", "Where",
+})
+
+
+def op_types(path: Path) -> set[str]:
+    import onnx
+
+    model = onnx.load(str(path))
+    assert not model.functions, "local functions would hide their operators"
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}
+    return {node.op_type for node in model.graph.node}
+
+
+@pytest.mark.parametrize("graph", ["sampler", "denoiser", "decoder"])
+def test_chunked_graphs_hold_only_operators_of_the_cuda_provider(chunked, conditional, graph: str) -> None:
+    ops = op_types(chunked[1] / f"{graph}.onnx")
+    assert ops <= CUDA_FLOAT32_OPS, sorted(ops - CUDA_FLOAT32_OPS)
+    assert not ops & {"DFT", "STFT", "Loop", "Scan"}
+    if graph != "decoder":  # the check can fail: the FFT graphs hold DFTs
+        assert "MatMul" in ops and "DFT" in op_types(conditional[1] / f"{graph}.onnx")
+
+
+def tensor_sizes(path: Path, feed: dict[str, np.ndarray]) -> dict[str, int]:
+    """Element count of every tensor a graph computes from ``feed`` (all node outputs exposed, no fusion)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for node in model.graph.node
+                              for name in node.output if name and name not in known)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_mem_reuse = read_metadata(path)["session_options"]["enable_mem_reuse"]
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return {name: int(np.asarray(value).size) for name, value in zip(names, session.run(None, feed))}
+
+
+@pytest.mark.parametrize("fixture, linear", [("chunked", True), ("unconditional", False)])
+def test_chunked_denoiser_graph_grows_linearly_with_the_length(fixture: str, linear: bool, request) -> None:
+    _, out = request.getfixturevalue(fixture)
+
+    def sizes(L: int) -> dict[str, int]:
+        feed = {"x": np.random.default_rng(0).standard_normal((1, 4, L), np.float32),
+                "t": np.array([500]), "lengths": np.array([L])}
+        return tensor_sizes(out / "denoiser.onnx", feed)
+
+    short, long = sizes(250), sizes(1000)
+    growth = max(long[name] / max(short[name], 1) for name in short)
+    if linear:  # every tensor at most ~4x larger for a 4x longer input (chunk and block rounding aside)
+        assert growth <= 4.5, growth
+    else:  # the direct graph's L x L Toeplitz matrices grow 16x: the check can fail
+        assert growth >= 15, growth
+
+
 def test_metadata_describes_the_model(unconditional) -> None:
     model, out = unconditional
     meta = read_metadata(out / "sampler.onnx")
@@ -172,6 +275,31 @@ def test_metadata_describes_the_model(unconditional) -> None:
     assert np.allclose(meta["latent_std"], model.latent_std.numpy())
     assert meta["config"]["denoiser"]["hidden"] == 16 and meta["inputs"] == ["noise", "lengths"]
     assert read_metadata(out / "denoiser.onnx")["alphas_cumprod"][0] == pytest.approx(model.schedule.alpha_bar(0))
+    assert (meta["chunk"], meta["max_length"]) == (None, model.n_bins)  # a direct graph, for the training length
+
+
+def test_chunked_metadata_records_chunk_and_capacity(chunked) -> None:
+    _, out = chunked
+    meta = read_metadata(out / "sampler.onnx")
+    assert (meta["conv"], meta["chunk"]) == ("chunked", CHUNK) and meta["session_options"]["enable_mem_reuse"]
+    assert meta["max_length"] >= CHUNKED_MIN_CAPACITY and read_metadata(out / "denoiser.onnx")["max_length"] == \
+        meta["max_length"]
+    assert read_metadata(out / "decoder.onnx")["max_length"] is None  # pointwise in time
+
+
+def test_onnx_sampler_refuses_lengths_its_graph_cannot_hold(unconditional, chunked, tmp_path: Path) -> None:
+    direct = OnnxSampler(unconditional[1] / "sampler.onnx")
+    with pytest.raises(ValueError, match=r"direct graph.*a 300-bin trial needs a bin budget of 90000 \(L x L\) "
+                                         r"and max_bins is 89999"):
+        direct.sample(lengths=[300, 2], max_bins=89_999)
+    with pytest.raises(ValueError, match="bin budget"):
+        direct.sample_to_hdf5(tmp_path / "long.h5", lengths=[300], max_bins=1000)
+    assert not (tmp_path / "long.h5").exists()
+    assert direct.sample(lengths=[300, 2], max_bins=90_000).latents.shape == (2, 4, 300)
+    sampler = OnnxSampler(chunked[1] / "sampler.onnx")
+    sampler.metadata["max_length"] = 100  # as for a graph exported with fewer scan levels
+    with pytest.raises(ValueError, match="holds trials up to 100 bins, got one of 101"):
+        sampler.sample(lengths=[101])
 
 
 # -------------------------------------------------------------------------- runtimes without torch
@@ -203,8 +331,8 @@ assert not [m for m in sys.modules if m == "torch" or m.startswith("ldns_fast")]
     assert relative_error(np.load(tmp_path / "rates.npy"), want_rates) < TOL
 
 
-def test_onnx_sampler_needs_no_torch_and_writes_the_dataset_format(unconditional, tmp_path: Path) -> None:
-    _, out = unconditional
+def test_onnx_sampler_needs_no_torch_and_writes_the_dataset_format(chunked, tmp_path: Path) -> None:
+    _, out = chunked
     script = f"""
 import sys
 from ldns_fast.export import OnnxSampler
@@ -220,8 +348,8 @@ assert "torch" not in sys.modules, "OnnxSampler imported torch"
     assert np.allclose(data.latents, expected.latents.transpose(0, 2, 1))
 
 
-def test_onnx_sampler_results_do_not_depend_on_batching(unconditional) -> None:
-    _, out = unconditional
+def test_onnx_sampler_results_do_not_depend_on_batching(chunked) -> None:
+    _, out = chunked
     sampler = OnnxSampler(out / "sampler.onnx")
     lengths = [50, 3, 24, 24, 61, 10]
     one_call = sampler.sample(lengths=lengths, seed=11, max_bins=10_000)
@@ -272,6 +400,44 @@ def test_onnx_sampler_rejects_bad_requests(unconditional, conditional, tmp_path:
     with pytest.raises(FileExistsError):
         sampler.sample_to_hdf5(tmp_path / "exists.h5", 2)
     assert (tmp_path / "exists.h5").read_bytes() == b"keep me"
+
+
+def forged_sampler(path: Path, metadata: dict[str, str]) -> Path:
+    """A one-node ONNX file carrying ``metadata`` (raw strings, normally JSON) as its metadata_props."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "forged", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, metadata)
+    onnx.save(model, path)
+    return path
+
+
+VALID_SAMPLER_METADATA = {
+    "format": '"ldns_fast.onnx/1"', "graph": '"sampler"', "n_neurons": "12", "latent_channels": "4", "cond_dim": "0",
+    "behavior_channels": "0", "training_length": "16", "steps": "2", "bin_width": "0.01", "conv": '"direct"',
+    "sampler": '"ddim"', "session_options": '{"enable_mem_reuse": true}',
+}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_neurons": "{12"}, "metadata 'n_neurons' is not valid JSON"),
+    ({"n_neurons": None, "conv": None}, r"the sampler metadata lacks \['conv', 'n_neurons'\]"),
+    ({"latent_channels": '"4"'}, "metadata 'latent_channels' must be an integer >= 1, got '4'"),
+    ({"cond_dim": "-1"}, "metadata 'cond_dim' must be an integer >= 0"),
+    ({"bin_width": "-0.01"}, "metadata 'bin_width' must be a positive number"),
+    ({"conv": '"wavelet"'}, "metadata 'conv' must be 'direct', 'fft' or 'chunked'"),
+    ({"max_length": "0"}, "metadata 'max_length' must be null or an integer >= 1, got 0"),
+    ({"session_options": "{}"}, "metadata 'session_options' must be a mapping with 'enable_mem_reuse'"),
+])
+def test_onnx_sampler_refuses_forged_metadata_naming_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    metadata = {k: v for k, v in {**VALID_SAMPLER_METADATA, **change}.items() if v is not None}
+    with pytest.raises(ValueError, match=message):
+        OnnxSampler(forged_sampler(tmp_path / "forged.onnx", metadata))
 
 
 def test_export_refuses_stochastic_samplers_and_existing_files(unconditional, tmp_path: Path) -> None:

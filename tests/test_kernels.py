@@ -30,7 +30,7 @@ ALL = [backend_param(b) for b in BACKENDS]
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.to(ref.dtype) - ref).norm() / ref.norm())
+    return float((out.detach().to(ref.dtype) - ref.detach()).norm() / ref.detach().norm())
 
 
 def tolerance(L: int, dtype: torch.dtype) -> float:

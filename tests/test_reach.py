@@ -8,7 +8,7 @@ import pytest
 
 from ldns_fast.data import read_dataset
 from ldns_fast.data.reach import ReachConfig, simulate_reach, write_reach
-from ldns_fast.decoding import DirectionDecoder, circular_error_degrees, window_features
+from ldns_fast.decoding import DirectionDecoder, RidgeDecoder, circular_error_degrees, r2_score, window_features
 
 SMALL = ReachConfig(n_trials=300, n_bins=60, n_neurons=24, seed=3)
 
@@ -51,3 +51,30 @@ def test_window_features_and_circular_error_against_direct_formulas() -> None:
     np.testing.assert_allclose(features, expected)
     np.testing.assert_allclose(circular_error_degrees(np.radians([359.0, 90.0]), np.radians([1.0, 270.0])),
                                [2.0, 180.0], atol=1e-9)
+
+
+def test_ridge_decoder_and_r2_against_least_squares() -> None:
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(2.0, (40, 10, 3))
+    targets = rng.normal(size=(40, 2))
+    x = window_features(counts, n_windows=2)
+    z = np.hstack([(x - x.mean(0)) / x.std(0), np.ones((40, 1))])
+    expected = z @ np.linalg.lstsq(z, targets, rcond=None)[0]
+    decoder = RidgeDecoder(ridge=1e-9, n_windows=2).fit(counts, targets)
+    np.testing.assert_allclose(decoder.predict(counts), expected, rtol=1e-6, atol=1e-8)
+    shrunk = RidgeDecoder(ridge=1e3, n_windows=2).fit(counts, targets).predict(counts)
+    assert np.abs(shrunk - targets.mean(0)).max() < np.abs(expected - targets.mean(0)).max()  # towards the mean
+    angles = rng.uniform(0, 2 * np.pi, 40)
+    ridge = RidgeDecoder().fit(counts, np.stack([np.cos(angles), np.sin(angles)], 1)).predict(counts)
+    np.testing.assert_allclose(DirectionDecoder().fit(counts, angles).predict(counts),
+                               np.arctan2(ridge[:, 1], ridge[:, 0]))
+    with pytest.raises(ValueError, match=r"targets must have shape \[n=40, K\]"):
+        RidgeDecoder().fit(counts, targets[:5])
+
+    predicted = targets + rng.normal(scale=0.5, size=targets.shape)
+    by_hand = [1 - np.sum((targets[:, k] - predicted[:, k]) ** 2) / np.sum((targets[:, k] - targets[:, k].mean()) ** 2)
+               for k in range(2)]
+    assert r2_score(predicted, targets) == pytest.approx(np.mean(by_hand))
+    constant = np.hstack([targets[:, :1], np.ones((40, 1))])  # a constant column is left out
+    assert r2_score(np.hstack([predicted[:, :1], np.zeros((40, 1))]), constant) == pytest.approx(by_hand[0])
+    assert np.isnan(r2_score(predicted, np.ones_like(targets)))

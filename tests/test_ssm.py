@@ -2,19 +2,29 @@
 
 Oracles: dense float64 state-space recurrences (powers of the discretised state matrix), a Van Loan
 matrix exponential for ZOH, Gauss-Legendre quadrature of the continuous impulse response, and direct
-O(L^2) convolution sums.
+O(L^2) convolution sums (float64 FFT convolution, itself checked against them, for the longest sequences).
 """
 from __future__ import annotations
+
+import copy
+import math
 
 import numpy as np
 import pytest
 import torch
 
+import ldns_fast.ssm.diagonal as diagonal_module
+import ldns_fast.ssm.s4 as s4_module
 from ldns_fast.ssm import (
     KERNEL_CACHE_SIZE,
     S4,
+    DiagonalFormError,
     DiagonalKernel,
     DPLRKernel,
+    chunk_operands,
+    chunk_tables,
+    chunked_conv,
+    diagonal_form,
     direct_conv,
     fft_conv,
     hippo_legs,
@@ -22,6 +32,7 @@ from ldns_fast.ssm import (
     kernel_spectrum,
     skip_finite_check,
 )
+from ldns_fast.ssm.chunked import BLOCK, CHUNK, WHOLE
 
 DPLR_LENGTHS = [1, 2, 7, 16, 33, 64, 100]
 
@@ -281,6 +292,155 @@ def test_convolutions_reject_bad_shapes(u_shape, k_shape, D_shape, name: str, co
     D = None if D_shape is None else torch.randn(D_shape)
     with pytest.raises(ValueError, match=rf"^{name} must"):
         conv(torch.randn(u_shape), torch.randn(k_shape), D)
+
+
+# --------------------------------------------------------------------------------- chunked-scan conv
+
+# Shorter than a chunk, odd, prime (127, 257, 2003), chunk multiples and one past them.
+CHUNK_LENGTHS = [1, 2, 7, 127, 128, 129, 256, 257, 1000, 2003]
+
+
+def conv_layer(mode: str, bidirectional: bool, H: int = 3, N: int = 8, slow_channel: bool = False) -> S4:
+    """A float32 layer with perturbed parameters; ``slow_channel``: channel 0 gets ``dt = 1e-4``, so its
+    modes decay over about 10^4 bins (the state is carried across many chunks and scan levels)."""
+    torch.manual_seed(21)
+    layer = S4(H, N, mode=mode, bidirectional=bidirectional, backend="torch")
+    perturb_(layer)
+    if slow_channel:
+        with torch.no_grad():
+            layer.kernel.log_dt[0] = math.log(1e-4)
+    return layer
+
+
+def kernel64(layer: S4, L: int) -> torch.Tensor:
+    """The layer's own kernel ``[n_kernels, H, L]`` in float64 (its Vandermonde / Cauchy computation)."""
+    with torch.no_grad():
+        return copy.deepcopy(layer).double().kernel(L)
+
+
+@pytest.mark.parametrize("mode", ["diag", "dplr"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("chunk, block, whole", [(CHUNK, BLOCK, WHOLE), (4, 3, 6)])
+def test_chunked_conv_matches_float64_direct_convolution(
+    mode: str, bidirectional: bool, chunk: int, block: int, whole: int
+) -> None:
+    layer = conv_layer(mode, bidirectional)
+    form = diagonal_form(layer.kernel)
+    D = layer.D.detach().double()
+    ops64 = chunk_operands(chunk_tables(form, levels=6, chunk=chunk, block=block, whole=whole, dtype=torch.float64))
+    ops32 = chunk_operands(chunk_tables(form, levels=6, chunk=chunk, block=block, whole=whole))
+    gen = torch.Generator().manual_seed(1)
+    for L in CHUNK_LENGTHS:  # (4, 3, 6): up to 500 chunks, 5 scan levels
+        u = torch.randn(2, 3, L, dtype=torch.float64, generator=gen)
+        # The algorithm is exact: float64 operands reproduce the direct sum of the diagonal form's kernel.
+        assert rel_err(chunked_conv(u, ops64, D), direct_conv(u, form.kernel(L), D)) < 1e-11, L
+        # float32, against the layer's own kernel (the diagonal form of a DPLR kernel is exact to 1e-6).
+        y = chunked_conv(u.float(), ops32, D.float())
+        assert y.dtype == torch.float32 and rel_err(y.double(), direct_conv(u, kernel64(layer, L), D)) < 1e-5, L
+
+
+@pytest.mark.parametrize("mode", ["diag", "dplr"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_chunked_conv_is_exact_on_long_sequences(mode: str, bidirectional: bool) -> None:
+    layer = conv_layer(mode, bidirectional, H=2, N=4, slow_channel=True)
+    ops = chunk_operands(chunk_tables(diagonal_form(layer.kernel)))
+    D = layer.D.detach()
+    gen = torch.Generator().manual_seed(2)
+    for L in (19_997, 20_000):
+        u = torch.randn(1, 2, L, dtype=torch.float64, generator=gen)
+        k = kernel64(layer, L)
+        want = fft_conv(u, k, D.double())
+        got = chunked_conv(u.float(), ops, D)
+        assert rel_err(got.double(), want) < 1e-5, L
+        assert rel_err(got[:, 0].double(), want[:, 0]) < 1e-5, L  # the slowly decaying channel alone
+        assert rel_err(fft_conv(u.float(), k.float(), D).double(), want) < 1e-4  # float32 FFT: same class
+
+
+def test_chunked_layer_on_a_padded_batch_of_variable_lengths() -> None:
+    layer = conv_layer("diag", bidirectional=True, H=4)
+    chunked, fft = copy.deepcopy(layer), copy.deepcopy(layer)
+    chunked.conv, fft.conv = "chunked", "fft"
+    lengths = [1, 129, 700, 2051]
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(len(lengths), 4, max(lengths), generator=gen)
+    mask = torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]
+    u = u * mask[:, None]  # zero past each length, as the models feed S4 layers
+    with torch.no_grad():
+        y, y_fft = chunked(u), fft(u)
+        assert rel_err(y, y_fft) < 1e-5
+        for i, L in enumerate(lengths):  # each trial alone, at its own length (its own chunking)
+            assert rel_err(y[i, :, :L], chunked(u[i : i + 1, :, :L])[0]) < 1e-5, L
+
+
+def fft_output(layer: S4, u: torch.Tensor) -> torch.Tensor:
+    """The layer's output by the FFT convolution (a copy with ``conv="fft"``, no gradient)."""
+    reference = copy.deepcopy(layer)
+    reference.conv = "fft"
+    with torch.no_grad():
+        return reference(u)
+
+
+@pytest.mark.parametrize("mode", ["diag", "dplr"])
+def test_s4_chunked_conv_is_inference_only(mode: str) -> None:
+    layer = conv_layer(mode, bidirectional=True)
+    layer.conv = "chunked"
+    u = torch.randn(2, 3, 300, requires_grad=True)
+    with torch.no_grad():
+        y = layer(u)
+    assert rel_err(y, fft_output(layer, u)) < 1e-5
+    with pytest.raises(ValueError, match="conv='chunked' is for inference"):
+        layer(u)
+    layer.kernel.requires_grad_(False)  # frozen kernel: the chunked scan, with gradients for the input and D
+    z = layer(u)
+    torch.testing.assert_close(z, y, rtol=0, atol=0)
+    weights = torch.randn_like(z)
+    (z * weights).sum().backward()
+    u64 = u.detach().double().requires_grad_()
+    (fft_conv(u64, kernel64(layer, 300), layer.D.detach().double()) * weights).sum().backward()
+    assert rel_err(u.grad.double(), u64.grad) < 1e-5
+    torch.testing.assert_close(layer.D.grad, (weights * u).sum((0, 2)).detach())
+
+
+def test_chunked_operands_are_cached_per_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = conv_layer("dplr", bidirectional=True)
+    layer.conv = "chunked"
+    forms: list[int] = []
+    original = s4_module.diagonal_form
+    monkeypatch.setattr(s4_module, "diagonal_form", lambda kernel: forms.append(1) or original(kernel))
+    u = torch.randn(2, 3, 500)
+    with torch.no_grad():
+        before = layer(u)
+        layer(u[..., :77])  # any length: the same operands
+        assert len(forms) == 1
+        layer.kernel.log_dt.add_(0.1)
+        after = layer(u)
+    assert len(forms) == 2 and not torch.allclose(after, before)
+    assert rel_err(after, fft_output(layer, u)) < 1e-5
+
+
+def test_chunked_conv_rejects_bad_arguments() -> None:
+    form = diagonal_form(conv_layer("diag", bidirectional=False).kernel)
+    ops = chunk_operands(chunk_tables(form, levels=0, chunk=4, block=3, whole=4))
+    with pytest.raises(ValueError, match=r"u must be a tensor of shape \[B, H=3, L\]"):
+        chunked_conv(torch.randn(2, 4, 10), ops)
+    with pytest.raises(ValueError, match=r"need 1 scan levels; these operands have 0 \(up to 16 bins\)"):
+        chunked_conv(torch.randn(1, 3, 17), ops)
+    assert chunked_conv(torch.randn(1, 3, 16), ops).shape == (1, 3, 16)
+    for kwargs in (dict(levels=-1), dict(chunk=1), dict(block=True)):
+        with pytest.raises(ValueError, match="must be an integer"):
+            chunk_tables(form, **kwargs)
+    with pytest.raises(ValueError, match="whole must be at least chunk"):
+        chunk_tables(form, chunk=8, whole=4)
+    with pytest.raises(ValueError, match="conv must be one of"):
+        S4(3, 8, conv="wavelet")
+
+
+def test_diagonal_form_refuses_an_inexact_decomposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = S4(4, 8, mode="dplr", bidirectional=True, backend="torch")
+    assert diagonal_form(layer.kernel).w.shape == (2, 4, 8)  # all N eigenvalues of the full system
+    monkeypatch.setattr(diagonal_module, "DIAGONAL_FORM_TOLERANCE", 0.0)
+    with pytest.raises(DiagonalFormError, match="too ill-conditioned"):
+        diagonal_form(layer.kernel)
 
 
 # ------------------------------------------------------------------------------------------- S4 layer

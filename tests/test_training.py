@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from ldns_fast.evaluate import main as evaluate_main
 from ldns_fast.models import Autoencoder, AutoencoderConfig, Denoiser, autoencoder_loss
 from ldns_fast.pipeline import LDNS
 from ldns_fast.sample import main as sample_main
+from ldns_fast.train import build_config
 from ldns_fast.train import main as train_main
+from ldns_fast.train import parser as train_parser
 from ldns_fast.training.loop import DistributedContext, StageTrainer
 
 TINY_FLAGS = [
@@ -57,16 +60,59 @@ def test_partial_yaml_applies_on_the_preset_and_unknown_keys_fail(tmp_path: Path
         preset("gpu-huge")
 
 
+def test_exponents_without_a_decimal_point_are_numbers_in_files_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("autoencoder_training:\n  lr: 3e-4\n  weight_decay: 1E-2\ndiffusion_training:\n  lr: 2.5e-4\n")
+    config = load_config(path)
+    assert (config.autoencoder_training.lr, config.autoencoder_training.weight_decay) == (3e-4, 1e-2)
+    assert config.diffusion_training.lr == 2.5e-4
+    args = train_parser().parse_args(["--set", "autoencoder_training.lr=1e-4", "--set", "autoencoder.hidden=64",
+                                      "--set", "diffusion_training.min_delta=0"])
+    config = build_config(args)
+    assert config.autoencoder_training.lr == 1e-4 and type(config.autoencoder_training.lr) is float
+    assert config.autoencoder.hidden == 64 and type(config.diffusion_training.min_delta) is float  # 0 -> 0.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"autoencoder_training": {"lr": "fast"}}, "config.autoencoder_training.lr must be a number, got 'fast'"),
+    ({"autoencoder": {"hidden": 2.5}}, "config.autoencoder.hidden must be an integer, got 2.5"),
+    ({"autoencoder": {"hidden": True}}, "config.autoencoder.hidden must be an integer, got True"),
+    ({"autoencoder": {"bidirectional": "no"}}, "config.autoencoder.bidirectional must be true or false, got 'no'"),
+    ({"schedule": {"kind": 3}}, "config.schedule.kind must be a string, got 3"),
+    ({"autoencoder_training": "fast"}, "config.autoencoder_training must be a mapping, got str"),
+    ({"seed": "abc"}, "config.seed must be an integer, got 'abc'"),
+    ({"seed": -1}, "seed must be an integer in [0, 2**64), got -1"),
+    ({"seed": 2**70}, "seed must be an integer in [0, 2**64)"),
+    ({"autoencoder_training": {"grad_clip": -1.0}}, "StageConfig.grad_clip must be a finite number in (0, inf)"),
+    ({"diffusion_training": {"lr": float("inf")}}, "DiffusionStageConfig.lr must be a finite number in (0, inf)"),
+    ({"autoencoder_training": {"lr": float("nan")}}, "StageConfig.lr must be a finite number"),
+    ({"autoencoder_training": {"weight_decay": -0.1}}, "StageConfig.weight_decay must be a finite number in [0, inf)"),
+    ({"autoencoder_training": {"warmup_fraction": 1.5}}, 
+     "StageConfig.warmup_fraction must be a finite number in [0, 1]"),
+    ({"autoencoder_training": {"batch_size": 0}}, "StageConfig.batch_size must be a positive integer, got 0"),
+    ({"diffusion_training": {"ema_max_decay": 1}},
+     "DiffusionStageConfig.ema_max_decay must be a finite number in [0, 1)"),
+    ({"data": {"lorenz": {"bin_width": 1e300}}},
+     "LorenzConfig.bin_width must be one number of seconds in [1e-06, 3600], got 1e+300"),
+    ({"data": {"lorenz": {"bin_width": "0.01"}}}, "data.lorenz.bin_width must be a number, got '0.01'"),
+    ({"data": {"lorenz": {"n_trails": 5}}}, "data.lorenz has unknown keys ['n_trails']"),
+    ({"data": {"lorenz": {"splits": [0.5, 0.5]}}}, "data.lorenz.splits must be a list of 3 values, got [0.5, 0.5]"),
+])
+def test_every_setting_is_checked_with_an_error_naming_its_key(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        merge(preset("cpu"), overrides)
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
-def test_checkpoint_round_trip_and_config_beside_it(tmp_path: Path) -> None:
+def test_checkpoint_round_trip_with_its_config_inside(tmp_path: Path) -> None:
     path = tmp_path / "m.pt"
     weights = {"w": torch.randn(3, 4)}
     save_checkpoint(path, "autoencoder", {"model": weights, "epoch": 4}, {"a": 1})
     record = load_checkpoint(path, "autoencoder", ("model",))
     assert torch.equal(record["model"]["w"], weights["w"]) and record["epoch"] == 4
-    assert yaml.safe_load(path.with_suffix(".yaml").read_text()) == {"a": 1}
+    assert record["config"] == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no YAML copy
     assert record["versions"]["torch"] == str(torch.__version__)
 
 
@@ -110,7 +156,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, "autoencoder", {"model": {"w": torch.zeros(2)}}, {})
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
 # ---------------------------------------------------------------- exact resume
@@ -166,7 +212,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
     trainer = tiny_trainer(tmp_path / "a.pt", 1, config)
     trainer.fit({"spikes": torch.zeros(4, 6, 8), "mask": torch.ones(4, 8)}, None)
     other = tiny_trainer(tmp_path / "a.pt", 2, config)
-    with pytest.raises(CheckpointError, match="another configuration"):
+    with pytest.raises(CheckpointError, match=r"written with other settings \(epochs: 1 in the checkpoint, 2 in this run\)"):
         other.resume()
 
 
@@ -176,8 +222,10 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
 def test_train_then_sample_cli_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train_main(["--out", str(out), *TINY_FLAGS]) == 0
-    for name in ("autoencoder.pt", "autoencoder.yaml", "diffusion.pt", "diffusion.yaml", "config.yaml"):
+    for name in ("autoencoder.pt", "diffusion.pt", "config.yaml", "metrics.csv", "autoencoder_report.json"):
         assert (out / name).is_file(), name
+    assert [p.name for p in out.glob("*.yaml")] == ["config.yaml"]  # the run's settings, no per-stage copies
+    assert not list(out.glob(".*"))  # no lock or temporary file left
     with pytest.raises(SystemExit, match="already holds autoencoder.pt, diffusion.pt"):
         train_main(["--out", str(out), *TINY_FLAGS])
     assert train_main(["--out", str(out), "--resume", *TINY_FLAGS]) == 0  # finished: reloads, no error
@@ -362,7 +410,7 @@ def test_spike_history_is_fitted_saved_and_used_for_sampling(tmp_path: Path) -> 
     out = tmp_path / "run"
     assert train_main(["--out", str(out), "--spike-history", *TINY_FLAGS]) == 0
     model = LDNS.load(out)
-    assert model.spike_history is not None and (out / "spike_history.yaml").is_file()
+    assert model.spike_history is not None
     a = model.sample(3, length=20, steps=2, seed=4, spike_history=True)
     b = model.sample(3, length=20, steps=2, seed=4, spike_history=True)
     assert torch.equal(a.spikes, b.spikes)

@@ -9,6 +9,9 @@
   generated once and cached (``$LDNS_FAST_CACHE`` or ``~/.cache/ldns_fast``).
 - :class:`ReachConfig`, :func:`simulate_reach`, :func:`write_reach`: a synthetic reach-like dataset with
   directions as ``conditions`` and hand velocity as ``behavior``.
+- :class:`NetworkReachConfig`, :func:`simulate_network_reach`, :func:`write_network_reach`: reach data
+  from a recurrent E/I network of leaky integrate-and-fire neurons (refractoriness, coupling, tuned
+  drive), independent validation data that breaks the models' assumptions.
 - :func:`read_nwb`: bin the spike times of an NWB file (optional extra ``nwb``, ``pynwb`` imported on
   use) into trials, with behaviour time series and trials-table conditions.
 - :func:`to_tensors`, :class:`SpikeTensors`, :class:`SpikeDataset`: torch tensors in the model layout
@@ -26,6 +29,8 @@ _HOMES = {
     "write_dataset": "hdf5",
     "LorenzConfig": "lorenz", "LorenzSample": "lorenz", "default_cache_dir": "lorenz", "load_lorenz": "lorenz",
     "simulate_lorenz": "lorenz",
+    "NetworkReachConfig": "network", "NetworkReachSample": "network", "simulate_network_reach": "network",
+    "write_network_reach": "network",
     "read_nwb": "nwb",
     "ReachConfig": "reach", "ReachSample": "reach", "simulate_reach": "reach", "write_reach": "reach",
 }
@@ -43,6 +48,8 @@ __all__ = [
     "DatasetWriter",
     "LorenzConfig",
     "LorenzSample",
+    "NetworkReachConfig",
+    "NetworkReachSample",
     "ReachConfig",
     "ReachSample",
     "SpikeData",
@@ -55,10 +62,12 @@ __all__ = [
     "read_dataset",
     "read_nwb",
     "simulate_lorenz",
+    "simulate_network_reach",
     "simulate_reach",
     "to_tensors",
     "valid_mask",
     "validate_arrays",
     "write_dataset",
+    "write_network_reach",
     "write_reach",
 ]

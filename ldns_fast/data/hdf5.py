@@ -23,10 +23,13 @@ import h5py
 import numpy as np
 
 from ldns_fast.atomic import atomic_path, atomic_write
+from ldns_fast.validation import check_bin_width
 
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
 DEFAULT_SPLIT_SEED = 0
+# Counts of generated trials (DatasetWriter, LDNS samples); metrics.MAX_COUNT is the same limit.
+COUNT_DTYPE = np.uint16
 ARRAY_KEYS = ("spikes", "lengths", "behavior", "conditions", "rates", "latents", "split")
 _OPTIONAL_FLOAT_LAYOUTS: dict[str, tuple[int, str]] = {
     "behavior": (3, "[trials, time, B]"),
@@ -208,6 +211,20 @@ def _check_lengths(source: str, lengths: np.ndarray, spikes: np.ndarray) -> None
         raise _fail(source, "spikes", f"has non-zero counts past 'lengths' (padding) at trial {trial}")
 
 
+def as_counts(spikes: np.ndarray, source: str) -> np.ndarray:
+    """Non-negative integer counts as :data:`COUNT_DTYPE`, refusing (never wrapping) counts beyond its range.
+
+    Raises:
+        DataFormatError: a count above ``np.iinfo(COUNT_DTYPE).max``, naming the largest one.
+    """
+    spikes = np.asarray(spikes)
+    largest = spikes.max(initial=0)
+    if largest > np.iinfo(COUNT_DTYPE).max:
+        raise _fail(source, "spikes", f"holds a count of {largest:.0f}, above {np.iinfo(COUNT_DTYPE).max}, the "
+                    f"largest {np.dtype(COUNT_DTYPE).name} count (implausible rates?)")
+    return spikes.astype(COUNT_DTYPE, copy=False)
+
+
 def _check_split(source: str, split: np.ndarray, n: int) -> None:
     _check_per_trial(source, "split", split, n)
     bad = ~np.isin(split, list(SPLIT_CODES.values()))
@@ -217,10 +234,10 @@ def _check_split(source: str, split: np.ndarray, n: int) -> None:
 
 
 def _check_bin_width(source: str, bin_width: object) -> float:
-    value = np.asarray(bin_width)
-    if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value) or value <= 0:
-        raise _fail(source, "bin_width", f"must be one positive finite number (seconds), got {bin_width}")
-    return float(value)
+    try:
+        return check_bin_width(bin_width, f"{source}: 'bin_width'")
+    except ValueError as err:
+        raise DataFormatError(str(err)) from None
 
 
 def validate_arrays(arrays: dict[str, np.ndarray], bin_width: object, source: str) -> float:
@@ -323,7 +340,7 @@ class DatasetWriter:
         self._file = h5py.File(self._atomic.__enter__(), "w")
         n, T, N, C = self.shape
         gzip = {"compression": "gzip", "compression_opts": 1}
-        self._file.create_dataset("spikes", (n, T, N), dtype=np.uint16, chunks=(1, min(T, 4096), N), **gzip)
+        self._file.create_dataset("spikes", (n, T, N), dtype=COUNT_DTYPE, chunks=(1, min(T, 4096), N), **gzip)
         self._file.create_dataset("rates", (n, T, N), dtype=np.float32, chunks=(1, min(T, 4096), N))
         self._file.create_dataset("latents", (n, T, C), dtype=np.float32, chunks=(1, min(T, 4096), C))
         self._file.create_dataset("lengths", (n,), dtype=np.int64)
@@ -346,8 +363,7 @@ class DatasetWriter:
         if t > T or arrays["spikes"].shape[2] != N or arrays["latents"].shape[2] != C:
             raise ValueError(f"batch shapes {arrays['spikes'].shape} / {arrays['latents'].shape} do not fit "
                              f"[trials, <= {T}, {N}] / [trials, <= {T}, {C}]")
-        if arrays["spikes"].max(initial=0) > np.iinfo(np.uint16).max:
-            raise DataFormatError(f"{source}: 'spikes' counts above {np.iinfo(np.uint16).max} do not fit uint16")
+        arrays["spikes"] = as_counts(arrays["spikes"], source)
         for row, trial in enumerate(index.tolist()):
             length = int(arrays["lengths"][row])
             self._file["spikes"][trial, :length] = arrays["spikes"][row, :length]
@@ -368,13 +384,13 @@ class DatasetWriter:
 
 
 def _read_array(f: h5py.File, key: str, source: str) -> np.ndarray:
-    node = f[key]
-    if not isinstance(node, h5py.Dataset):
-        raise _fail(source, key, "must be a dataset, not a group")
     try:
-        return np.asarray(node[()])
-    except (OSError, RuntimeError, ValueError) as err:
+        node = f[key]
+        if isinstance(node, h5py.Dataset):
+            return np.asarray(node[()])
+    except Exception as err:  # h5py raises OSError, RuntimeError, KeyError, ValueError, TypeError on corrupt files
         raise _fail(source, key, f"cannot be read: {err}") from err
+    raise _fail(source, key, "must be a dataset, not a group")
 
 
 def _read_description(f: h5py.File) -> str:
@@ -406,8 +422,10 @@ def read_dataset(path: str | os.PathLike) -> SpikeData:
             arrays = {key: _read_array(f, key, source) for key in ARRAY_KEYS if key in f}
             raw_bin_width = f.attrs["bin_width"]
             description = _read_description(f)
-    except OSError as err:
-        raise DataFormatError(f"{source}: cannot be read as HDF5: {err}") from err
+    except DataFormatError:
+        raise
+    except Exception as err:  # any h5py failure on a corrupt file (OSError, RuntimeError, KeyError, ...)
+        raise DataFormatError(f"{source}: cannot be read as HDF5 (corrupt file?): {err}") from err
     bin_width = validate_arrays(arrays, raw_bin_width, source)
     spikes = arrays.pop("spikes")
     n, t = spikes.shape[:2]

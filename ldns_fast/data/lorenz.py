@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import h5py
 import numpy as np
 import torch
 
-from ldns_fast.validation import require_positive_ints
+from ldns_fast.validation import check_bin_width, require_positive_ints, require_reals
 
 from .hdf5 import random_split, write_dataset
 
@@ -65,9 +66,8 @@ class LorenzConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"LorenzConfig.{name} must be an integer >= 0, got {value!r}")
-        for name in ("dt", "init_spread", "bin_width"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"LorenzConfig.{name} must be positive, got {getattr(self, name)!r}")
+        require_reals(self, 0.0, math.inf, "dt", "init_spread", open_low=True)
+        check_bin_width(self.bin_width, "LorenzConfig.bin_width")
         if self.min_bins is not None and (
             isinstance(self.min_bins, bool) or not isinstance(self.min_bins, int)
             or not 1 <= self.min_bins <= self.n_bins

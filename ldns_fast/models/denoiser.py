@@ -75,7 +75,7 @@ class DenoiserBlock(nn.Module):
 
     The norm and gated-residual steps are the fused ops of :mod:`ldns_fast.kernels.fused` (Triton on
     CUDA, torch otherwise; a ``backend`` they lack, such as ``"keops"``, means ``"auto"`` for them).
-    Under ``torch.compile`` they take their torch form, which the compiler fuses itself.
+    They are custom ops, so ``torch.compile`` traces through them on every backend.
     """
 
     def __init__(self, channels: int, embed_dim: int, d_state: int, mode: str, backend: str) -> None:
@@ -93,11 +93,10 @@ class DenoiserBlock(nn.Module):
     ) -> torch.Tensor:
         """``x [B, C, L]``, ``emb [B, E]``, ``mask [B, L]``; ``spectrum``: see :meth:`S4.forward`."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.gelu(emb))[..., None].chunk(6, dim=1)
-        backend = "torch" if torch.compiler.is_compiling() else self.fused_backend
-        h = modulated_norm(x, shift1, scale1, mask, backend=backend)
+        h = modulated_norm(x, shift1, scale1, mask, backend=self.fused_backend)
         y = self.s4(h) if spectrum is None else self.s4(h, spectrum)  # substitutes (export) take u only
-        x = gelu_gate_residual(x, y, gate1, backend=backend)
-        return x + gate2 * self.mlp(modulated_norm(x, shift2, scale2, backend=backend))
+        x = gelu_gate_residual(x, y, gate1, backend=self.fused_backend)
+        return x + gate2 * self.mlp(modulated_norm(x, shift2, scale2, backend=self.fused_backend))
 
 
 class Denoiser(nn.Module):

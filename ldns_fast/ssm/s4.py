@@ -1,10 +1,17 @@
-"""The S4 layer: an SSM convolution kernel, FFT convolution and a skip term, with an inference cache.
+"""The S4 layer: an SSM convolution kernel, its convolution and a skip term, with an inference cache.
+
+Two convolutions: ``conv="fft"`` (the default; any use, differentiable in every parameter) and
+``conv="chunked"`` (:mod:`.chunked`: matmuls only, linear in ``L`` and without a per-length cache; inference
+only: no gradient reaches the kernel parameters through it). On CPU torch's FFT measured faster at every
+length benchmarked up to 180,000 bins (``benchmarks/results/long_recordings_cpu.md``), so nothing picks the
+chunked scan automatically; it is what the ONNX export builds its long-recording graphs from.
 
 The kernel depends only on the weights and the length ``L``, so when no gradient can flow to it
 (grad mode off, or the kernel parameters frozen) its spectrum (:func:`kernel_spectrum`, what the FFT
-convolution multiplies by) is computed once per ``(L, device, dtype)`` and reused. The cache is keyed on
-every kernel parameter's storage pointer and version counter, so optimiser steps, in-place edits,
-``load_state_dict`` and ``.to()`` invalidate it.
+convolution multiplies by) is computed once per ``(L, device, dtype)`` and reused, and so are the chunked
+scan's operands (one set for every length). The cache is keyed on every kernel parameter's storage
+pointer and version counter, so optimiser steps, in-place edits, ``load_state_dict`` and ``.to()``
+invalidate it.
 
 Every call scans its input for NaN/inf, which costs a host-device synchronisation per layer; code that
 has validated its inputs (the sampling loop) can switch the scan off with :func:`skip_finite_check`.
@@ -12,17 +19,21 @@ has validated its inputs (the sampling loop) can switch the scan off with :func:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from .chunked import ChunkOperands, chunk_operands, chunk_tables, chunked_conv
+from .diagonal import diagonal_form
 from .fftconv import fft_conv, kernel_spectrum, spectrum_conv
 from .ssm_kernels import DiagonalKernel, DPLRKernel
 
-# Number of sequence lengths whose kernel spectra are kept (least recently used evicted first).
+# Number of cached convolution operands (kernel spectra, one per length, and the chunked scan's) kept,
+# least recently used evicted first.
 KERNEL_CACHE_SIZE = 8
+CONV_MODES = ("fft", "chunked")
 
 _check_finite = True  # read by S4._check_input; switched off by skip_finite_check()
 
@@ -54,6 +65,7 @@ class S4(nn.Module):
         bidirectional: also convolve with a second, anti-causal kernel.
         dt_min, dt_max: range of the log-uniform initial step sizes.
         backend: kernel backend (``"auto"``, ``"torch"``, ``"keops"``, ``"triton"``).
+        conv: ``"fft"`` or ``"chunked"`` (inference only; see the module docstring).
     """
 
     def __init__(
@@ -67,11 +79,14 @@ class S4(nn.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         backend: str = "auto",
+        conv: str = "fft",
     ) -> None:
         super().__init__()
         if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
             raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
-        self.d_model = d_model
+        if conv not in CONV_MODES:
+            raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
+        self.d_model, self.conv = d_model, conv
         if mode == "dplr":
             if disc != "bilinear" or init != "legs":
                 raise ValueError(
@@ -83,12 +98,12 @@ class S4(nn.Module):
         else:
             raise ValueError(f"mode must be 'dplr' or 'diag', got {mode!r}")
         self.D = nn.Parameter(torch.randn(d_model))
-        self._spectrum_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[tuple, torch.Tensor | ChunkOperands] = OrderedDict()
         self._cache_signature: tuple = ()
 
     def clear_kernel_cache(self) -> None:
-        """Drop every cached kernel spectrum."""
-        self._spectrum_cache.clear()
+        """Drop every cached convolution operand."""
+        self._cache.clear()
         self._cache_signature = ()
 
     def _parameter_signature(self) -> tuple:
@@ -98,29 +113,46 @@ class S4(nn.Module):
         """True when no gradient can flow to the kernel (grad mode off or kernel parameters frozen)."""
         return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.kernel.parameters())
 
-    # Runs eagerly under torch.compile (the lookup reads storage pointers and version counters, which
-    # dynamo cannot trace): a compiled caller gets a graph break here, or passes the spectrum to forward().
-    @torch.compiler.disable
-    def cached_spectrum(self, L: int) -> torch.Tensor:
-        """Kernel spectrum ``[H, L + 1]`` (complex) for length ``L``, computed once per weights and ``L``.
-
-        A value without gradient history: no gradient reaches the kernel parameters through it.
-        """
+    def _cached(self, key: tuple, build: Callable[[], torch.Tensor | ChunkOperands]) -> torch.Tensor | ChunkOperands:
+        """The cache entry ``key`` (with the kernel's device and dtype), built under no_grad when missing."""
         signature = self._parameter_signature()
         if signature != self._cache_signature:
             self.clear_kernel_cache()
             self._cache_signature = signature
         ref = self.kernel.log_dt
-        key = (L, ref.device, ref.dtype)
-        if key in self._spectrum_cache:
-            self._spectrum_cache.move_to_end(key)
-            return self._spectrum_cache[key]
+        key = (*key, ref.device, ref.dtype)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
         with torch.no_grad():
-            spectrum = kernel_spectrum(self.kernel(L))
-        self._spectrum_cache[key] = spectrum
-        if len(self._spectrum_cache) > KERNEL_CACHE_SIZE:
-            self._spectrum_cache.popitem(last=False)
-        return spectrum
+            value = build()
+        self._cache[key] = value
+        if len(self._cache) > KERNEL_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return value
+
+    # Runs eagerly under torch.compile (the lookup reads storage pointers and version counters, which
+    # dynamo cannot trace): a compiled caller gets a graph break here, or passes the spectrum to forward().
+    # torch._disable_dynamo is torch.compiler.disable imported on first call: importing torch's compiler
+    # at import time would import triton (torch 2.13), which importing ldns_fast must not.
+    @torch._disable_dynamo
+    def cached_spectrum(self, L: int) -> torch.Tensor:
+        """Kernel spectrum ``[H, L + 1]`` (complex) for length ``L``, computed once per weights and ``L``.
+
+        A value without gradient history: no gradient reaches the kernel parameters through it.
+        """
+        return self._cached(("spectrum", L), lambda: kernel_spectrum(self.kernel(L)))
+
+    @torch._disable_dynamo
+    def cached_chunk_operands(self) -> ChunkOperands:
+        """The chunked scan's operands (any length; the kernel's dtype and device), computed once per weights.
+
+        Built from the kernel's diagonal form (:func:`~ldns_fast.ssm.diagonal.diagonal_form`, which
+        raises :class:`~ldns_fast.ssm.diagonal.DiagonalFormError` for an ill-conditioned DPLR kernel).
+        """
+        ref = self.kernel.log_dt
+        return self._cached(("chunked",), lambda: chunk_operands(
+            chunk_tables(diagonal_form(self.kernel), dtype=ref.dtype, device=ref.device)))
 
     def _check_input(self, u: object) -> torch.Tensor:
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or not u.is_floating_point():
@@ -145,7 +177,12 @@ class S4(nn.Module):
         L = u.shape[-1]
         if spectrum is None:
             if not self._cacheable():
+                if self.conv == "chunked":
+                    raise ValueError("conv='chunked' is for inference: it passes no gradient to the kernel "
+                                     "parameters (use torch.no_grad(), freeze the kernel, or conv='fft')")
                 return fft_conv(u, self.kernel(L), self.D)
+            if self.conv == "chunked":
+                return chunked_conv(u, self.cached_chunk_operands(), self.D)
             spectrum = self.cached_spectrum(L)
         elif tuple(spectrum.shape) != (self.d_model, L + 1) or not spectrum.is_complex():
             raise ValueError(

@@ -1,23 +1,31 @@
 """The two LDNS training stages: the autoencoder on spikes, then the denoiser on normalised latents."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 
-from ldns_fast.checkpoint import save_checkpoint
+from ldns_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ldns_fast.config import RunConfig, to_dict
 from ldns_fast.data import LorenzConfig, SpikeData, load_lorenz, read_dataset, to_tensors
 from ldns_fast.diffusion import DiffusionSchedule
 from ldns_fast.models import Autoencoder, Denoiser, autoencoder_loss
 from ldns_fast.spike_history import SpikeHistoryConfig, SpikeHistoryModel
 
+from .log import TrainingLog
 from .loop import Batch, DistributedContext, StageTrainer
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 AUTOENCODER_FILE = "autoencoder.pt"
 DIFFUSION_FILE = "diffusion.pt"
+AUTOENCODER_REPORT_FILE = "autoencoder_report.json"
 SPIKE_HISTORY_FILE = "spike_history.pt"
+# The autoencoder a denoiser or spike-history model was trained on: weights_digest of its state dict.
+AUTOENCODER_DIGEST = "autoencoder_sha256"
 
 
 def load_data(run: RunConfig) -> SpikeData:
@@ -26,6 +34,41 @@ def load_data(run: RunConfig) -> SpikeData:
     if source == "lorenz":
         source = load_lorenz(LorenzConfig.preset(run.data.lorenz_preset, **run.data.lorenz))
     return read_dataset(source)
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a state dict: every tensor's name, dtype, shape and bytes, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def remove_stale(out_dir: Path, autoencoder: Autoencoder) -> list[Path]:
+    """Remove the denoiser and spike-history checkpoints of ``out_dir`` that record another autoencoder
+    (left by the run an ``--overwrite`` replaced); returns them. Unreadable files and files without the
+    record (written before it existed) are left to the stages."""
+    digest, removed = weights_digest(autoencoder.state_dict()), []
+    for name, kind in ((DIFFUSION_FILE, "diffusion"), (SPIKE_HISTORY_FILE, "spike_history")):
+        path = out_dir / name
+        try:
+            recorded = load_checkpoint(path, kind).get(AUTOENCODER_DIGEST, digest) if path.exists() else digest
+        except CheckpointError:
+            continue
+        if recorded != digest:
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def seeded(build: Callable[..., M], *args: Any, seed: int) -> M:
+    """``build(*args)`` with torch's global generator seeded by ``seed`` (restored afterwards), so a model's
+    initial weights follow from the run's seed alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(*args)
 
 
 def spike_batches(data: SpikeData, split: str) -> Batch | None:
@@ -48,18 +91,22 @@ def autoencoder_stage_config(run: RunConfig) -> dict:
     return {k: v for k, v in to_dict(run).items() if k in ("data", "autoencoder", "autoencoder_training", "seed")}
 
 
+def diffusion_stage_config(run: RunConfig) -> dict:
+    """The settings a diffusion checkpoint depends on: all but the spike-history model's (fitted after it)."""
+    return {k: v for k, v in to_dict(run).items() if k != "spike_history"}
+
+
 def train_autoencoder(
     run: RunConfig, data: SpikeData, out_dir: Path, ctx: DistributedContext,
-    resume: bool = False, compile: bool = False, progress: bool = True,
+    resume: bool = False, compile: bool = False, progress: bool = True, log: TrainingLog | None = None,
 ) -> tuple[Autoencoder, list[dict[str, float]]]:
     """Train (or resume, or reload when finished) the autoencoder; returns it and its history."""
-    model = Autoencoder(run.autoencoder)
     cfg = run.autoencoder
     trainer = StageTrainer(
-        "autoencoder", model,
+        "autoencoder", seeded(Autoencoder, cfg, seed=run.seed),
         lambda m, b, g: autoencoder_loss(m, cfg, b["spikes"], b["mask"], g),
         run.autoencoder_training, out_dir / AUTOENCODER_FILE, autoencoder_stage_config(run), run.seed, ctx,
-        compile=compile, progress=progress,
+        compile=compile, progress=progress, log=log,
     )
     if resume and trainer.path.exists() and trainer.resume():
         return trainer.model, trainer.history
@@ -119,9 +166,12 @@ def diffusion_loss(
 
 def train_diffusion(
     run: RunConfig, autoencoder: Autoencoder, data: SpikeData, out_dir: Path, ctx: DistributedContext,
-    resume: bool = False, compile: bool = False, progress: bool = True,
+    resume: bool = False, compile: bool = False, progress: bool = True, log: TrainingLog | None = None,
 ) -> tuple[Denoiser, list[dict[str, float]]]:
-    """Encode the data, normalise the latents, train the denoiser; returns the EMA denoiser."""
+    """Encode the data, normalise the latents, train the denoiser; returns the EMA denoiser.
+
+    The checkpoint records the autoencoder's :func:`weights_digest` (``LDNS.load`` checks the pair).
+    """
     batches = {name: spike_batches(data, name) for name in ("train", "val")}
     conditions = ("cond", "behavior") if run.denoiser.conditional else ()
     latents = {
@@ -138,11 +188,12 @@ def train_diffusion(
     schedule = DiffusionSchedule(run.schedule)
     cfg = run.diffusion_training
     trainer = StageTrainer(
-        "diffusion", Denoiser(run.denoiser),
+        "diffusion", seeded(Denoiser, run.denoiser, seed=(run.seed + 1) % 2**64),
         lambda m, b, g: diffusion_loss(m, schedule, cfg.loss, cfg.smooth_l1_beta, run.denoiser.cond_drop, b, g),
-        cfg, out_dir / DIFFUSION_FILE, to_dict(run), run.seed, ctx,
-        ema=(cfg.ema_max_decay, cfg.ema_power), compile=compile, progress=progress,
-        extra={"latent_mean": mean, "latent_std": std, "bin_width": float(data.bin_width), "n_bins": int(data.n_bins)},
+        cfg, out_dir / DIFFUSION_FILE, diffusion_stage_config(run), run.seed, ctx,
+        ema=(cfg.ema_max_decay, cfg.ema_power), compile=compile, progress=progress, log=log,
+        extra={"latent_mean": mean, "latent_std": std, "bin_width": float(data.bin_width), "n_bins": int(data.n_bins),
+               AUTOENCODER_DIGEST: weights_digest(autoencoder.state_dict())},
     )
     if not (resume and trainer.path.exists() and trainer.resume()):
         trainer.fit(latents["train"], latents["val"])
@@ -166,6 +217,7 @@ def fit_spike_history(
         rates = torch.cat([autoencoder.decode(z.to(device)).cpu() for z in latents.split(256)])
     model = SpikeHistoryModel.from_config(data.n_neurons, config)
     losses = model.fit(batch["spikes"], rates.clamp_min(1e-6), batch["mask"], config)
-    save_checkpoint(out_dir / SPIKE_HISTORY_FILE, "spike_history", {"model": model.state_dict(), "losses": losses},
-                    to_dict(config))
+    save_checkpoint(out_dir / SPIKE_HISTORY_FILE, "spike_history", {
+        "model": model.state_dict(), "losses": losses, AUTOENCODER_DIGEST: weights_digest(autoencoder.state_dict()),
+    }, to_dict(config))
     return model, losses
