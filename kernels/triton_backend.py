@@ -16,6 +16,7 @@ torch adds up; no kernel materialises a ``[rows, Np, L]`` product.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
@@ -189,9 +190,11 @@ class Launch:
         return {"num_warps": self.config.num_warps, "enable_fp_fusion": True}
 
     def run(self) -> None:
-        """Launch it (compiling on first use; interpreted for CPU tensors)."""
+        """Launch it on its tensors' device (compiling on first use; interpreted for CPU tensors)."""
         fn = getattr(load_kernels(), self.kernel)
-        fn[self.config.grid](*self.args, **self.config.blocks, **self.constexprs, **self.options)
+        device = next(a.device for a in self.args if isinstance(a, torch.Tensor))
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            fn[self.config.grid](*self.args, **self.config.blocks, **self.constexprs, **self.options)
 
 
 Launcher = Callable[[Launch], None]

@@ -260,3 +260,12 @@ def test_unavailable_triton_raises_with_reason(good, monkeypatch):
     with pytest.raises(BackendUnavailableError, match=reason):
         gelu_gate_residual(x, x, v, backend="triton")
     assert modulated_norm(x, v, w).shape == x.shape  # "auto" still runs
+
+
+def test_triton_rows_beyond_int32_offsets_rejected():
+    """The Triton kernels address a batch row [C, L] with int32 offsets (meta tensors: nothing is allocated)."""
+    x, v = torch.empty(1, 2**11, 2**20, device="meta"), torch.empty(1, 2**11, 1, device="meta")
+    with pytest.raises(ValueError, match=r"needs C \* L < 2\*\*31 per batch row, got C=2048, L=1048576"):
+        triton_backend.modulated_norm_triton(x, v, v, None, 1e-5)
+    with pytest.raises(ValueError, match=r"needs C \* L < 2\*\*31 per batch row"):
+        triton_backend.gelu_gate_residual_triton(x, x, v)

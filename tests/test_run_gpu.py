@@ -21,7 +21,9 @@ def test_dry_run_writes_json_and_markdown_for_every_benchmark_of_the_plan(tmp_pa
     assert set(report["plan_seconds"]) == {"ceilings", "benchmarks"}
     for bench in report["benchmarks"]:
         pct = bench["extra_info"]["pct_of_roofline"]
-        assert 0 < pct < 100, f"{bench['name']}: {pct}% of the roofline"
+        # Toy working sets fit in the CPU's caches, so they can beat the measured DRAM-bandwidth ceiling:
+        # only a positive, finite share is required here (the GPU run reports the real figure).
+        assert 0 < pct < float("inf"), f"{bench['name']}: {pct}% of the roofline"
     table = (tmp_path / "cpu-dry-run.md").read_text()
     assert table.startswith("# Benchmarks on cpu dry run")
     assert table.count("| test_") == len(report["benchmarks"])
