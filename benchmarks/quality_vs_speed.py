@@ -30,7 +30,7 @@ from ldns_fast.data import SpikeData
 from ldns_fast.diffusion import SAMPLERS, SPACINGS
 from ldns_fast.metrics import METRIC_LABELS, compare
 from ldns_fast.pipeline import LDNS
-from ldns_fast.training.stages import load_data
+from ldns_fast.run import load_data
 
 CONFIGS = ["ddpm-1000", "ddpm-10", "ddpm-20", "ddpm-50", "ddim-10", "ddim-20", "ddim-50",
            "dpm++-10", "dpm++-20", "dpm++-50", "sde-dpm++-10", "sde-dpm++-20", "sde-dpm++-50"]

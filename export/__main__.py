@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
                    help="S4 convolution in the graphs: direct Toeplitz product (short trials), chunked scan "
                         "(matmuls, linear in the length: long recordings, GPUs), real DFTs, or auto by --max-length")
     p.add_argument("--max-length", type=int, help="longest trial you will sample (default: the training length; "
-                                                   "a chunked graph holds at least 2^22 bins)")
+                                                   "a chunked graph holds at least 2^20 bins)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (conditional runs)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     return p

@@ -3,20 +3,26 @@
 Every module here traces with dynamic batch and length axes. The S4 convolution (see :data:`CONV_MODES`)
 is a direct Toeplitz product or a real FFT of length ``2L``, both from kernels generated in the graph for
 the input's length from a float64 diagonal form (no complex numbers), or the chunked scan
-(:mod:`ldns_fast.ssm.chunked`: float32 matmuls and elementwise ops, linear in the length).
+(:mod:`ldns_fast.ssm.chunked`: float32 matmuls and elementwise ops, linear in the length). Graphs of the
+chunked scan pad their input once to whole chunks and run the denoiser at that length (the padding stays
+masked), so no layer reshuffles its bins.
 """
 from __future__ import annotations
 
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ldns_fast.data import valid_mask
-from ldns_fast.diffusion import DiffusionSchedule, make_sampler
+from ldns_fast.diffusion import DiffusionSchedule, guided, make_sampler
 from ldns_fast.models import Autoencoder, Denoiser
+from ldns_fast.run import LatentStats
 from ldns_fast.ssm import S4, kernel_spectrum, spectrum_conv, toeplitz, toeplitz_conv
-from ldns_fast.ssm.chunked import CHUNK, ChunkTables, chunk_operands, chunk_tables, chunked_conv, scan_levels
+from ldns_fast.ssm.chunked import (
+    ChunkTables, chunk_operands, chunk_plan, chunk_shape, chunk_tables, padded_chunked_conv, steps_for,
+)
 from ldns_fast.ssm.diagonal import DiagonalFormError, diagonal_form
 
 from .errors import ExportError
@@ -32,8 +38,8 @@ class DiagonalS4(nn.Module):
     ``direct``/``fft``: the kernel for any ``L`` is built from float64 ``w [n_kernels, H, M]`` and
     ``log mu [H, M]`` as a product of chunk anchors ``w mu^(q C)`` ``[.., M, L / C]`` with in-chunk powers
     ``mu^r`` ``[H, M, C]`` (exact phases: no ``sin(l theta)`` at large ``l`` in single precision).
-    ``chunked``: float32 :class:`~ldns_fast.ssm.chunked.ChunkTables` with enough scan levels for
-    ``max_length`` bins.
+    ``chunked``: float32 :class:`~ldns_fast.ssm.chunked.ChunkTables`, and scan decays with enough doubling
+    steps for ``max_length`` bins.
     """
 
     def __init__(self, layer: S4, conv: str, max_length: int) -> None:
@@ -46,10 +52,8 @@ class DiagonalS4(nn.Module):
             raise ExportError(f"cannot export this model: {err}") from err
         self.conv = conv
         if conv == "chunked":
-            self.levels = scan_levels(-(-max_length // CHUNK) - 1)
-            tables = chunk_tables(form, self.levels)
-            self.chunk = tables.chunk
-            for name, table in tables.tensors().items():
+            self.steps = steps_for(max_length)
+            for name, table in chunk_tables(form).tensors().items():
                 self.register_buffer(name, table)
         else:
             self.register_buffer("w_re", form.w.real.clone())
@@ -77,9 +81,11 @@ class DiagonalS4(nn.Module):
 
     def conv_operand(self, L: int) -> object:
         """What the convolution needs for length ``L``: Toeplitz ``[H, L, L]``, spectrum ``[H, L + 1]`` or
-        :class:`~ldns_fast.ssm.chunked.ChunkOperands` (any length)."""
+        :class:`~ldns_fast.ssm.chunked.ChunkOperands` with the :class:`~ldns_fast.ssm.chunked.ChunkPlan`
+        for ``L``."""
         if self.conv == "chunked":
-            return chunk_operands(ChunkTables(self.taps, self.powers, self.weights, self.level_powers, self.chunk))
+            ops = chunk_operands(ChunkTables(self.taps, self.powers, self.weights, self.log_mu))
+            return ops, chunk_plan(ops, L, self.steps)
         K = self.kernel(L)
         return toeplitz(K) if self.conv == "direct" else kernel_spectrum(K)
 
@@ -88,11 +94,34 @@ class DiagonalS4(nn.Module):
         self.operand = None if L is None else self.conv_operand(L)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        operand = self.operand if self.operand is not None else self.conv_operand(u.shape[-1])
+        """``u [B, H, L]``; ``chunked``: ``[B, H, C q]``, the prepared length padded to whole chunks."""
         if self.conv == "chunked":
-            return chunked_conv(u, operand, self.D, self.levels)
+            ops, plan = self.operand
+            return padded_chunked_conv(u, ops, plan) + self.D[:, None] * u
+        operand = self.operand if self.operand is not None else self.conv_operand(u.shape[-1])
         conv = toeplitz_conv if self.conv == "direct" else spectrum_conv
         return conv(u, operand, self.D)
+
+
+def padded_length(conv: str, L: int) -> int:
+    """The length graphs of ``conv`` run their denoiser at: ``L``, or whole chunks for ``chunked``."""
+    if conv != "chunked":
+        return L
+    n_chunks, q = chunk_shape(L)
+    return n_chunks * q
+
+
+def pad(t: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """``t [B, C, L]`` zero-padded to ``length >= L`` bins by a gather (no guard on ``L`` in a traced graph)."""
+    if t is None:
+        return None
+    index = torch.arange(length, device=t.device).clamp_max(t.shape[-1])
+    return F.pad(t, (0, 1)).index_select(-1, index)
+
+
+def crop(t: torch.Tensor, L: int) -> torch.Tensor:
+    """The first ``L`` bins of ``t [B, C, >= L]`` by a gather."""
+    return t.index_select(-1, torch.arange(L, device=t.device))
 
 
 def to_diagonal_s4(model: nn.Module, conv: str, max_length: int) -> nn.Module:
@@ -110,14 +139,22 @@ class DenoiserStep(nn.Module):
 
     def __init__(self, denoiser: Denoiser, conv: str, max_length: int) -> None:
         super().__init__()
+        self.conv = conv
         self.denoiser = to_diagonal_s4(denoiser, conv, max_length)
+        self.layers = [m for m in self.denoiser.modules() if isinstance(m, DiagonalS4)]
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor,
         conditions: torch.Tensor | None = None, behavior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        mask = valid_mask(lengths, x.shape[-1])
-        return self.denoiser(x, t, mask, conditions, behavior)
+        L = x.shape[-1]
+        padded = padded_length(self.conv, L)
+        for layer in self.layers:
+            layer.prepare(L)
+        out = self.denoiser(pad(x, padded), t, valid_mask(lengths, padded), conditions, pad(behavior, padded))
+        for layer in self.layers:
+            layer.prepare(None)
+        return crop(out, L)
 
 
 class Decoder(nn.Module):
@@ -151,6 +188,7 @@ class UnrolledSampler(nn.Module):
         self.sampler = make_sampler(sampler, copy.deepcopy(schedule))  # tracing fills its tables
         self.sampler.set_timesteps(steps)
         self.timesteps: list[int] = self.sampler.timesteps.tolist()
+        self.conv = conv
         self.denoiser = to_diagonal_s4(denoiser, conv, max_length)
         self.decoder = Decoder(autoencoder)
         self.register_buffer("latent_mean", latent_mean.detach().float().cpu().clone())
@@ -163,21 +201,19 @@ class UnrolledSampler(nn.Module):
         conditions: torch.Tensor | None = None, behavior: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         L = noise.shape[-1]
-        mask = valid_mask(lengths, L)
-        guided = conditions is not None or behavior is not None
+        padded = padded_length(self.conv, L)  # the denoiser runs on whole chunks; the padding stays masked
+        mask, behavior = valid_mask(lengths, padded), pad(behavior, padded)
+        model_fn = guided(self.denoiser, mask, conditions, behavior, self.guidance_scale)
         for layer in self.layers:
             layer.prepare(L)
         self.sampler.reset()
-        x = noise
+        x = pad(noise, padded)
         for t in self.timesteps:
             t_batch = torch.full((noise.shape[0],), t, dtype=torch.long, device=noise.device)
-            out = self.denoiser(x, t_batch, mask, conditions, behavior)
-            if guided and self.guidance_scale != 1.0:
-                uncond = self.denoiser(x, t_batch, mask)
-                out = uncond + self.guidance_scale * (out - uncond)
-            x = self.sampler.step(out, t, x)
+            x = self.sampler.step(model_fn(x, t_batch), t, x)
         for layer in self.layers:
             layer.prepare(None)
-        latents = (x * self.latent_std[:, None] + self.latent_mean[:, None]) * mask[:, None]
+        mask = valid_mask(lengths, L)
+        latents = LatentStats(self.latent_mean, self.latent_std).denormalise(crop(x, L), mask)
         return latents, self.decoder(latents) * mask[:, None]
 

@@ -24,7 +24,7 @@ from ldns_fast import __version__
 from ldns_fast.atomic import atomic_write
 from ldns_fast.pipeline import LDNS
 
-from ldns_fast.ssm.chunked import CHUNK, capacity, scan_levels
+from ldns_fast.ssm.chunked import CHUNK, capacity, steps_for
 
 from .errors import ExportError
 from .modules import CONV_MODES, KERNEL_CHUNK, Decoder, DenoiserStep, UnrolledSampler
@@ -34,9 +34,9 @@ FORMAT = "ldns_fast.onnx/1"
 # its L x L matrices then fit OnnxSampler's default bin budget (256^2 = 65,536), and a chunked graph
 # convolves such a trial as one chunk, the same product (benchmarks/results/long_recordings_cpu.md).
 DIRECT_MAX_LENGTH = 256
-# Chunked graphs hold enough scan levels for at least this many bins (about 5.8 h at 5 ms); each further
-# level costs a few small operations per S4 layer.
-CHUNKED_MIN_CAPACITY = 1 << 22
+# Chunked graphs hold enough doubling steps for at least this many bins (about 87 min at 5 ms; pass a
+# longer max_length for more); each further step doubles the capacity for seven small operations per S4 layer.
+CHUNKED_MIN_CAPACITY = 1 << 20
 # Relative error allowed between onnxruntime and torch on the export's example inputs.
 EXPORT_TOLERANCE = 1e-4
 SAMPLER_FILE, DENOISER_FILE, DECODER_FILE = "sampler.onnx", "denoiser.onnx", "decoder.onnx"
@@ -81,8 +81,8 @@ def export_onnx(
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
     conv = choose_conv(conv, max_length)
-    if conv == "chunked":  # the exact capacity of the scan levels it needs
-        max_length = capacity(scan_levels(-(-max(max_length, CHUNKED_MIN_CAPACITY) // CHUNK) - 1))
+    if conv == "chunked":  # the exact capacity of the doubling steps it needs
+        max_length = capacity(steps_for(max(max_length, CHUNKED_MIN_CAPACITY)))
     out_dir = Path(out_dir)
     files = ExportedFiles(out_dir / SAMPLER_FILE, out_dir / DENOISER_FILE, out_dir / DECODER_FILE)
     existing = [str(p) for p in asdict(files).values() if Path(p).exists()]
@@ -171,14 +171,21 @@ def _export(
     axes = {"t": {0: batch}, "lengths": {0: batch}, "conditions": {0: batch}}
     shapes = {name: axes.get(name, {0: batch, 2: length}) for name in inputs}
     module.eval()
-    with torch.no_grad(), warnings.catch_warnings(), _fused_ops_in_torch_form():
+    # Size-oblivious shape reasoning: the chunked scan's derived sizes (chunks, states) may be 0 or 1 for some
+    # lengths, and its gathers and reshapes are correct for all of them; without this torch.export guards
+    # on them (contiguity checks) and refuses the dynamic length.
+    from torch.fx.experimental import _config as shape_config
+
+    with torch.no_grad(), warnings.catch_warnings(), _fused_ops_in_torch_form(), \
+            shape_config.patch(backed_size_oblivious=True):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         expected = module(**inputs)
         program = torch.onnx.export(
             module, (), kwargs=inputs, input_names=list(inputs), output_names=output_names,
-            dynamic_shapes=shapes, dynamo=True, verbose=False,
+            dynamic_shapes=shapes, dynamo=True, verbose=False, optimize=False,
         )
+    _simplify(program.model)
     for key, value in {**metadata, "inputs": list(inputs), "outputs": output_names}.items():
         program.model.metadata_props[key] = json.dumps(value)
     expected = expected if isinstance(expected, tuple) else (expected,)
@@ -188,6 +195,24 @@ def _export(
         _check_in_onnxruntime(tmp, inputs, expected, metadata)
 
     atomic_write(path, write)
+
+
+def _simplify(model: object) -> None:
+    """Inline, fold constants and remove what is unused or repeated, in place (an ``onnx_ir`` model).
+
+    onnxscript's full optimizer also runs its pattern rewriter, whose cost grows with the square of the node
+    count: minutes for an unrolled sampler of the chunked scan. onnxruntime fuses what it can when it loads
+    the graph."""
+    import onnx_ir.passes.common as common
+    from onnxscript.optimizer import fold_constants_ir
+
+    common.InlinePass()(model)
+    fold_constants_ir(model, onnx_shape_inference=True)
+    for simplify in (common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
+                     common.RemoveUnusedOpsetsPass(), common.CommonSubexpressionEliminationPass(),
+                     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                     common.DeduplicateInitializersPass()):
+        simplify(model)
 
 
 def _check_in_onnxruntime(path: str, inputs: dict, expected: tuple[torch.Tensor, ...], metadata: dict) -> None:

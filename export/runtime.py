@@ -103,6 +103,8 @@ class OnnxSampler:
         ``seed`` seeds the initial noise (``noise``: explicit per-trial ``[C, length_i]`` arrays instead)
         and the Poisson spikes. ``max_bins`` bounds trials x padded length per call.
         """
+        from ldns_fast.data.hdf5 import COUNT_DTYPE, as_counts
+
         lengths = self._lengths(n, length, lengths)
         conditions, behavior = self._conditions(len(lengths), int(lengths.max()), conditions, behavior)
         self._check_budget(lengths, max_bins)
@@ -129,9 +131,10 @@ class OnnxSampler:
             latents, rates = self._run(feed)
             t = int(lengths[index].max())
             latents, rates = latents[..., :t], rates[..., :t]
-            spikes = np.zeros(rates.shape, np.uint16)
-            for row, i in enumerate(index):
-                spikes[row, :, : lengths[i]] = streams[i].poisson(rates[row, :, : lengths[i]])
+            spikes = np.zeros(rates.shape, COUNT_DTYPE)
+            for row, i in enumerate(index):  # counts beyond COUNT_DTYPE are refused, never wrapped
+                draws = streams[i].poisson(rates[row, :, : lengths[i]])
+                spikes[row, :, : lengths[i]] = as_counts(draws, f"sampling trial {i} from {self.path}")
             yield SampleBatch(index, latents, rates, spikes, lengths[index])
 
     def sample_to_hdf5(
@@ -220,25 +223,10 @@ class OnnxSampler:
     def _conditions(
         self, n: int, T: int, conditions: np.ndarray | None, behavior: np.ndarray | None
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        if self.cond_dim:
-            if conditions is None:
-                raise ValueError(f"this sampler is conditional: give conditions [n, {self.cond_dim}]")
-            conditions = np.asarray(conditions, dtype=np.float32)
-            if conditions.shape != (n, self.cond_dim):
-                raise ValueError(f"conditions must have shape [n, cond_dim] = [{n}, {self.cond_dim}], "
-                                 f"got {list(conditions.shape)}")
-        elif conditions is not None:
-            raise ValueError("this sampler takes no conditions (the model was trained without them)")
-        if behavior is not None:
-            if not self.behavior_channels:
-                raise ValueError("this sampler takes no behavior (the model was trained without it)")
-            behavior = np.asarray(behavior, dtype=np.float32)
-            if behavior.ndim != 3 or behavior.shape[:2] != (n, self.behavior_channels) or behavior.shape[2] < T:
-                raise ValueError(f"behavior must have shape [n, B, T] = [{n}, {self.behavior_channels}, >= {T}], "
-                                 f"got {list(behavior.shape)}")
-        for name, value in (("conditions", conditions), ("behavior", behavior)):
-            if value is not None and not np.isfinite(value).all():
-                raise ValueError(f"{name} contain NaN or infinite values")
+        from ldns_fast.validation import check_conditions
+
+        conditions, behavior = (None if a is None else np.asarray(a, dtype=np.float32) for a in (conditions, behavior))
+        check_conditions(n, T, self.cond_dim, self.behavior_channels, conditions, behavior, required=True)
         return conditions, behavior
 
     def _check_noise(self, noise: Sequence[np.ndarray], lengths: np.ndarray) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
-from .checks import common_complex_dtype, require_complex, require_length, same_device
+from .checks import common_complex_dtype, require_complex, require_length, require_states, same_device
 
 BACKENDS = ("torch", "keops", "triton")
 
@@ -70,7 +70,8 @@ def vandermonde_kernel(
         x: complex ``[H, Np]`` log of the discrete state eigenvalues (``log dA``).
         L: kernel length (positive int).
         backend: ``"auto"``, ``"torch"``, ``"keops"`` or ``"triton"``.
-        check_finite: reject NaN/inf inputs (one device sync; turn off inside graph capture).
+        check_finite: reject NaN/inf inputs and an overflowing kernel (``Re(x) > 0`` at long ``L``; one
+            device sync; turn off inside graph capture).
     Returns:
         real ``[H, L]`` kernel, float32 for complex64 inputs, float64 for complex128.
     """
@@ -81,6 +82,7 @@ def vandermonde_kernel(
     if x.shape != v.shape:
         raise ValueError(f"x must have the shape of v {tuple(v.shape)}, got {tuple(x.shape)}")
     L = require_length(L)
+    require_states(v.shape[-1])
     device = same_device(v=v, x=x)
     dtype = common_complex_dtype(v, x)
     v, x = v.to(dtype), x.to(dtype)
@@ -97,7 +99,8 @@ def cauchy_kernel(
         z: complex ``[M]`` evaluation nodes (constant: no gradient flows to z).
         w: complex ``[..., Np]`` poles; broadcast against ``v``.
         backend: ``"auto"``, ``"torch"``, ``"keops"`` or ``"triton"``.
-        check_finite: reject NaN/inf inputs (one device sync; turn off inside graph capture).
+        check_finite: reject NaN/inf inputs and a node on a pole (one device sync; turn off inside graph
+            capture).
     Returns:
         complex ``[..., M]`` with the broadcast batch shape of ``v`` and ``w``.
     """
@@ -120,5 +123,6 @@ def cauchy_kernel(
     dtype = common_complex_dtype(v, z, w)
     v, z, w = v.to(dtype), z.to(dtype), w.to(dtype)
     batch, Np = v.shape[:-1], v.shape[-1]
+    require_states(Np)
     out = ops.cauchy(v.reshape(-1, Np), z, w.reshape(-1, Np), resolve_backend(backend, device), check_finite)
     return out.reshape(*batch, z.shape[0])

@@ -1,6 +1,8 @@
 """Input validation shared by every kernel backend: clear errors before any maths runs."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -23,10 +25,16 @@ def require_finite(name: str, t: torch.Tensor) -> None:
 
 
 def require_length(L: object) -> int:
-    """Return ``L`` as an int if it is a positive integer, else raise a ValueError."""
-    if isinstance(L, bool) or not isinstance(L, int) or L <= 0:
+    """Return ``L`` as an int if it is a positive integer (``int`` or a numpy integer), else raise a ValueError."""
+    if isinstance(L, bool) or not isinstance(L, numbers.Integral) or L <= 0:
         raise ValueError(f"L must be a positive integer, got {L!r}")
-    return L
+    return int(L)
+
+
+def require_states(Np: int) -> None:
+    """Raise a ValueError when the state size ``Np`` is 0."""
+    if Np == 0:
+        raise ValueError("the state size Np must be at least 1, got 0 (an SSM kernel needs states)")
 
 
 def common_complex_dtype(*tensors: torch.Tensor) -> torch.dtype:

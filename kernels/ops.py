@@ -55,7 +55,12 @@ def vandermonde(v: Tensor, x: Tensor, L: int, backend: str, check_finite: bool) 
     if check_finite:
         require_finite("v", v)
         require_finite("x", x)
-    return implementation("vandermonde", backend)(*_materialised(v, x), L)
+    out = implementation("vandermonde", backend)(*_materialised(v, x), L)
+    if check_finite and not bool(torch.isfinite(out).all()):
+        growth = float((x.real * (L - 1)).max())
+        raise ValueError(f"the kernel overflows: max Re(x) (L - 1) = {growth:.3g} (terms grow as exp(Re(x) l); "
+                         f"a stable SSM has Re(x) < 0)")
+    return out
 
 
 @vandermonde.register_fake
@@ -96,7 +101,10 @@ def cauchy(v: Tensor, z: Tensor, w: Tensor, backend: str, check_finite: bool) ->
         require_finite("v", v)
         require_finite("z", z)
         require_finite("w", w)
-    return implementation("cauchy", backend)(*_materialised(v, z, w))
+    out = implementation("cauchy", backend)(*_materialised(v, z, w))
+    if check_finite and not bool(torch.isfinite(out).all()):
+        raise ValueError("the Cauchy sum is not finite: a node z lies on (or next to) a pole w or conj(w)")
+    return out
 
 
 @cauchy.register_fake

@@ -186,8 +186,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> dict[str, object]:
     reconstruct them with ``--reconstruction``, and compare."""
     from ldns_fast.pipeline import LDNS
     from ldns_fast.quality import autoencoder_report
-    from ldns_fast.training.log import METRICS_FILE, read_metrics
-    from ldns_fast.training.stages import load_data
+    from ldns_fast.run import METRICS_FILE, load_data, read_metrics
 
     model = LDNS.load(args.checkpoint, args.device)
     data = read_dataset(args.real) if args.real is not None else load_data(model.config)

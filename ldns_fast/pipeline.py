@@ -17,19 +17,14 @@ from ldns_fast.checkpoint import CheckpointError, load_checkpoint, require_finit
 from ldns_fast.config import RunConfig, from_dict
 from ldns_fast.data import SpikeData, valid_mask
 from ldns_fast.data.hdf5 import as_counts
-from ldns_fast.diffusion import DiffusionSchedule, make_sampler, sample as run_sampler
+from ldns_fast.diffusion import DiffusionSchedule, guided, make_sampler, sample as run_sampler
 from ldns_fast.diffusion.samplers import ModelFn
 from ldns_fast.models import Autoencoder, Denoiser
 from ldns_fast.spike_history import SpikeHistoryConfig, SpikeHistoryModel
-from ldns_fast.ssm import skip_finite_check
-from ldns_fast.training.stages import (
-    AUTOENCODER_DIGEST,
-    AUTOENCODER_FILE,
-    DIFFUSION_FILE,
-    SPIKE_HISTORY_FILE,
-    weights_digest,
+from ldns_fast.run import (
+    AUTOENCODER_DIGEST, AUTOENCODER_FILE, DIFFUSION_FILE, SPIKE_HISTORY_FILE, LatentStats, weights_digest,
 )
-from ldns_fast.validation import check_device, check_seed
+from ldns_fast.validation import check_conditions, check_device, check_seed
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -237,21 +232,20 @@ class LDNS:
                 if compile:  # padded to one shape per length bucket, within the bin budget
                     padded_T = _bucket(T)
                     rows = min(n, batch_size, max(1, max_bins // padded_T))
-                    guided = self._guided(
+                    padded_fn = self._guided(
                         _pad(mask, rows, padded_T), _pad(cond, rows), _pad(beh, rows, padded_T), guidance_scale,
                         self._compiled(), self.denoiser.kernel_spectra(padded_T),
                     )
-                    model_fn = _cropped(guided, rows, padded_T, B, T)
+                    model_fn = _cropped(padded_fn, rows, padded_T, B, T)
                 else:
                     model_fn = self._guided(mask, cond, beh, guidance_scale)
-                with skip_finite_check():  # inputs: seeded noise and validated conditions; output checked below
-                    z = run_sampler(
-                        model_fn, (B, self.config.denoiser.latent, T),
-                        schedule_sampler, steps, generator=gen, device=self.device, progress=progress,
-                    )
+                z = run_sampler(  # inputs: seeded noise and validated conditions; the output is checked below
+                    model_fn, (B, self.config.denoiser.latent, T),
+                    schedule_sampler, steps, generator=gen, device=self.device, progress=progress,
+                )
                 if not bool(torch.isfinite(z).all()):
                     raise ValueError("the denoiser produced NaN or infinite latents; check the model weights")
-                latents = (z * self.latent_std[:, None] + self.latent_mean[:, None]) * mask[:, None]
+                latents = LatentStats(self.latent_mean, self.latent_std).denormalise(z, mask)
                 rates = self.decode(latents) * mask[:, None]
                 if spike_history:
                     spikes = self.spike_history.sample(rates.clamp_min(1e-6), gen, mask)
@@ -352,20 +346,9 @@ class LDNS:
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Validate ``conditions [n, cond_dim]`` and ``behavior [n, B, >= T]`` against the model."""
         c = self.config.denoiser
-        if conditions is not None:
-            conditions = torch.as_tensor(conditions, dtype=torch.float32, device=self.device)
-            if c.cond_dim == 0 or tuple(conditions.shape) != (n, c.cond_dim):
-                raise ValueError(f"conditions must have shape [n, cond_dim] = [{n}, {c.cond_dim}] for this model, "
-                                 f"got {tuple(conditions.shape)}")
-        if behavior is not None:
-            behavior = torch.as_tensor(behavior, dtype=torch.float32, device=self.device)
-            if c.behavior_channels == 0 or behavior.dim() != 3 or behavior.shape[:2] != (n, c.behavior_channels) \
-                    or behavior.shape[2] < T:
-                raise ValueError(f"behavior must have shape [n, B, T] = [{n}, {c.behavior_channels}, >= {T}] for "
-                                 f"this model, got {tuple(behavior.shape)}")
-        for name, value in (("conditions", conditions), ("behavior", behavior)):
-            if value is not None and not bool(torch.isfinite(value).all()):
-                raise ValueError(f"{name} contain NaN or infinite values")
+        conditions, behavior = (None if t is None else torch.as_tensor(t, dtype=torch.float32, device=self.device)
+                                for t in (conditions, behavior))
+        check_conditions(n, T, c.cond_dim, c.behavior_channels, conditions, behavior)
         return conditions, behavior
 
     def _compiled(self) -> torch.nn.Module:
@@ -383,19 +366,8 @@ class LDNS:
         ``denoiser``: what to call (default ``self.denoiser``, e.g. its compiled form); ``spectra``: the
         denoiser's S4 kernel spectra for this length, passed to every call, or None.
         """
-        denoiser = self.denoiser if denoiser is None else denoiser
         extra = {} if spectra is None else {"spectra": spectra}
-        if cond is None and behavior is None:
-            return lambda x, t: denoiser(x, t, mask, **extra)
-
-        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            conditional = denoiser(x, t, mask, cond, behavior, **extra)
-            if scale == 1.0:
-                return conditional
-            unconditional = denoiser(x, t, mask, **extra)
-            return unconditional + scale * (conditional - unconditional)
-
-        return model_fn
+        return guided(self.denoiser if denoiser is None else denoiser, mask, cond, behavior, scale, **extra)
 
 
 def _check_trained_on(record: dict, path: Path, ae_path: Path, digest: str) -> None:

@@ -162,7 +162,7 @@ def plot_latents(
 def plot_training_curves(rows: list[dict[str, object]], path: str | os.PathLike) -> Path:
     """Train and validation loss against the optimisation step, one panel per stage, log scale.
 
-    ``rows`` are the epochs of a run's ``metrics.csv`` (``ldns_fast.training.log.read_metrics``). A panel
+    ``rows`` are the epochs of a run's ``metrics.csv`` (``ldns_fast.run.read_metrics``). A panel
     whose losses are not all positive (a Poisson NLL can be negative) keeps a linear scale.
     """
     stages = list(dict.fromkeys(str(row["stage"]) for row in rows))

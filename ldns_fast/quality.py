@@ -35,7 +35,7 @@ from ldns_fast.data import SPLIT_CODES, SpikeData
 from ldns_fast.decoding import DirectionDecoder, RidgeDecoder, circular_error_degrees, r2_score
 from ldns_fast.metrics import pearson_r
 from ldns_fast.models import Autoencoder
-from ldns_fast.training.stages import encode_all, spike_batches
+from ldns_fast.run import encode_all, spike_batches
 
 RATE_FLOOR = 1e-4
 """Smallest rate (counts per bin) in the log-likelihoods."""

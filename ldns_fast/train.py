@@ -47,19 +47,16 @@ from ldns_fast.quality import autoencoder_report, format_report
 from ldns_fast.spike_history import SpikeHistoryModel
 from ldns_fast.training.log import TrainingLog
 from ldns_fast.training.loop import distributed_context, require_settings
+from ldns_fast.run import (
+    AUTOENCODER_DIGEST, AUTOENCODER_FILE, AUTOENCODER_REPORT_FILE, DIFFUSION_FILE, load_data, weights_digest,
+)
 from ldns_fast.training.stages import (
-    AUTOENCODER_DIGEST,
-    AUTOENCODER_FILE,
-    AUTOENCODER_REPORT_FILE,
-    DIFFUSION_FILE,
     autoencoder_stage_config,
     diffusion_stage_config,
     fit_spike_history,
-    load_data,
     remove_stale,
     train_autoencoder,
     train_diffusion,
-    weights_digest,
 )
 from ldns_fast.validation import check_device
 

@@ -1,4 +1,4 @@
-"""Argument checks shared across the package: configuration fields, seeds and devices."""
+"""Argument checks shared across the package: configuration fields, seeds, devices and a model's conditions."""
 from __future__ import annotations
 
 import math
@@ -10,6 +10,38 @@ if TYPE_CHECKING:
 SEED_LIMIT = 1 << 64  # seeds are unsigned 64-bit integers (torch generators; numpy takes them too)
 # Time bins from 1 microsecond to 1 hour: rates (counts / bin_width) and durations stay finite in float32.
 BIN_WIDTH_RANGE = (1e-6, 3600.0)
+
+
+def check_conditions(
+    n: int, T: int, cond_dim: int, behavior_channels: int, conditions: object, behavior: object,
+    required: bool = False,
+) -> None:
+    """Check ``conditions [n, cond_dim]`` and ``behavior [n, behavior_channels, >= T]`` (numpy arrays or
+    tensors, either None) against a model: shapes, and finite values. ``required``: a conditional model
+    needs its conditions (an exported sampler graph takes them as an input)."""
+    if conditions is None and required and cond_dim:
+        raise ValueError(f"this model is conditional: give conditions [n, {cond_dim}]")
+    if conditions is not None:
+        if not cond_dim:
+            raise ValueError("this model takes no conditions (it was trained without them)")
+        if tuple(conditions.shape) != (n, cond_dim):
+            raise ValueError(f"conditions must have shape [n, cond_dim] = [{n}, {cond_dim}] for this model, "
+                             f"got {list(conditions.shape)}")
+    if behavior is not None:
+        if not behavior_channels:
+            raise ValueError("this model takes no behavior (it was trained without it)")
+        if len(behavior.shape) != 3 or tuple(behavior.shape[:2]) != (n, behavior_channels) or behavior.shape[2] < T:
+            raise ValueError(f"behavior must have shape [n, B, T] = [{n}, {behavior_channels}, >= {T}] for this "
+                             f"model, got {list(behavior.shape)}")
+    for name, value in (("conditions", conditions), ("behavior", behavior)):
+        if value is None:
+            continue
+        if hasattr(value, "isfinite"):  # a tensor
+            finite = bool(value.isfinite().all())
+        else:  # a numpy array: NaN or inf make the largest magnitude non-finite
+            finite = math.isfinite(float(abs(value).max(initial=0)))
+        if not finite:
+            raise ValueError(f"{name} contain NaN or infinite values")
 
 
 def require_positive_ints(config: object, *names: str) -> None:

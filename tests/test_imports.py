@@ -52,6 +52,16 @@ def test_importing_every_module_changes_no_environment_variable_and_imports_no_t
     assert report["triton"] == []
 
 
+def test_inference_never_imports_the_training_code():
+    report = run_python("""
+import json, sys
+import ldns_fast.pipeline, ldns_fast.evaluate, ldns_fast.quality, ldns_fast.sample, ldns_fast.export
+import ldns_fast.export.onnx_export
+print(json.dumps({"training": sorted(m for m in sys.modules if m.startswith("ldns_fast.training"))}))
+""")
+    assert report["training"] == []
+
+
 needs_interpreter_choice = pytest.mark.skipif(
     find_spec("triton") is None or torch.cuda.is_available(),
     reason="needs triton on a machine without CUDA (where the first use chooses the interpreter)",

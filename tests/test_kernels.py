@@ -6,6 +6,7 @@ Tolerances (relative L2 error): float32 <= 1e-5 for L <= 1024, <= 1e-3 for longe
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,6 +178,30 @@ def test_non_positive_or_non_integer_length_rejected(good, L):
     v, x, _ = good
     with pytest.raises(ValueError, match=r"L must be a positive integer"):
         vandermonde_kernel(v, x, L)
+
+
+def test_numpy_integer_length_accepted(good):
+    v, x, _ = good
+    torch.testing.assert_close(vandermonde_kernel(v, x, np.int64(8), backend="torch"),
+                               vandermonde_kernel(v, x, 8, backend="torch"), rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # the overflow, in the Triton interpreter
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_empty_state_and_degenerate_inputs_get_clear_errors(good, backend):
+    v, x, z = good
+    with pytest.raises(ValueError, match=r"the state size Np must be at least 1"):
+        vandermonde_kernel(v[:, :0], x[:, :0], 8, backend=backend)
+    with pytest.raises(ValueError, match=r"the state size Np must be at least 1"):
+        cauchy_kernel(v[:, :0], z, x[:, :0], backend=backend)
+    growing = torch.complex(torch.full_like(x.real, 0.5), x.imag)  # Re(x) > 0: exp(0.5 l) overflows float32
+    assert torch.isfinite(vandermonde_kernel(v, growing, 8, backend=backend)).all()  # short: representable
+    with pytest.raises(ValueError, match=r"the kernel overflows: max Re\(x\) \(L - 1\) = 500"):
+        vandermonde_kernel(v, growing, 1001, backend=backend)
+    on_pole = x.clone()
+    on_pole[0, 1] = z[3]
+    with pytest.raises(ValueError, match=r"a node z lies on \(or next to\) a pole"):
+        cauchy_kernel(v, z, on_pole, backend=backend)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

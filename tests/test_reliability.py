@@ -35,7 +35,7 @@ from ldns_fast.models import Autoencoder, AutoencoderConfig
 from ldns_fast.pipeline import LDNS
 from ldns_fast.sample import main as sample_main
 from ldns_fast.train import main as train_main
-from ldns_fast.training.log import read_metrics
+from ldns_fast.run import read_metrics
 
 QUICK = ["--steps", "2", "--no-progress"]
 

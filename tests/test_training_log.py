@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ldns_fast.training.log import METRICS_FILE, TrainingLog, read_metrics
+from ldns_fast.run import METRICS_FILE, read_metrics
+from ldns_fast.training.log import TrainingLog
 
 
 def row(epoch: int, steps: int = 3, **losses: float) -> dict[str, float]:

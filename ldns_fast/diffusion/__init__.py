@@ -5,7 +5,8 @@
 - :class:`DDPMSampler`, :class:`DDIMSampler`, :class:`DPMSolverPPSampler`, :class:`SDEDPMSolverPPSampler`
   (``make_sampler`` by name):
   ``set_timesteps(n)`` then ``step(model_output, t, sample, generator)``.
-- :func:`sample`: the seeded sampling loop around a ``model_fn(x [B, C, L], t [B]) -> [B, C, L]``.
+- :func:`sample`: the seeded sampling loop around a ``model_fn(x [B, C, L], t [B]) -> [B, C, L]``;
+  :func:`guided`: a conditional denoiser as such a ``model_fn``, with classifier-free guidance.
 """
 from .samplers import (
     SAMPLERS,
@@ -16,6 +17,7 @@ from .samplers import (
     Sampler,
     SDEDPMSolverPPSampler,
     ddim_update,
+    guided,
     make_sampler,
     make_timesteps,
     posterior_variance,
@@ -36,6 +38,7 @@ __all__ = [
     "SDEDPMSolverPPSampler",
     "Sampler",
     "ddim_update",
+    "guided",
     "make_betas",
     "make_sampler",
     "make_timesteps",

@@ -31,6 +31,26 @@ SPACINGS = ("trailing", "leading", "linspace", "logsnr")
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def guided(
+    denoiser: Callable[..., torch.Tensor], mask: torch.Tensor, conditions: torch.Tensor | None = None,
+    behavior: torch.Tensor | None = None, scale: float = 1.0, **extra: object,
+) -> ModelFn:
+    """``model_fn(x [B, C, L], t [B])`` of a conditional denoiser ``denoiser(x, t, mask, conditions, behavior,
+    **extra)``, with classifier-free guidance ``uncond + scale (cond - uncond)`` when conditions are given
+    and ``scale != 1`` (0: unconditional)."""
+    if conditions is None and behavior is None:
+        return lambda x, t: denoiser(x, t, mask, **extra)
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        conditional = denoiser(x, t, mask, conditions, behavior, **extra)
+        if scale == 1.0:
+            return conditional
+        unconditional = denoiser(x, t, mask, **extra)
+        return unconditional + scale * (conditional - unconditional)
+
+    return model_fn
+
+
 def make_timesteps(schedule: DiffusionSchedule, num_inference_steps: int, spacing: str = "trailing") -> torch.Tensor:
     """Descending LongTensor ``[num_inference_steps]`` of distinct timesteps in ``[0, T-1]`` of ``schedule``.
 

@@ -1,7 +1,9 @@
-"""Chunked-scan S4 convolution: linear in ``L``, made of matmuls and elementwise ops only.
+"""Chunked-scan S4 convolution: linear in ``L``, made of matmuls, gathers and elementwise ops only.
 
 A layer in diagonal form (:mod:`.diagonal`: ``K_k[l] = Re sum_m w[k, m] mu_m^l``, ``|mu| < 1``) is a
-diagonal linear time-invariant system. Split time into chunks of ``q`` bins, ``t = cq + i``:
+diagonal linear time-invariant system. A sequence of ``L`` bins is split into ``C = max(1, L // CHUNK)``
+chunks of ``q = ceil(L / C)`` bins (``CHUNK <= q < 2 CHUNK``; a sequence shorter than ``2 CHUNK`` is one
+chunk, a plain Toeplitz product), ``t = cq + i``:
 
 - causal part: ``y[t] = sum_{j <= i} K_0[i - j] u[cq + j] + Re sum_m w_0m mu_m^(i + 1) S_m[c]`` with the
   state ``S_m[c] = sum_{s < cq} mu_m^(cq - 1 - s) u[s]``, i.e. ``S[c + 1] = a S[c] + x[c]``, ``a = mu^q`` and
@@ -10,16 +12,17 @@ diagonal linear time-invariant system. Split time into chunks of ``q`` bins, ``t
   ``G_m[c] = sum_{s >= (c + 1) q} mu_m^(s - (c + 1) q) u[s]`` read out by ``w_1m mu_m^(q - 1 - i)``.
 
 The in-chunk parts of both directions form one ``q x q`` Toeplitz matrix; states enter and leave by one
-matmul per chunk (``[q] -> [2M]`` real/imaginary pairs and back). The chunk-to-chunk recurrence is a
-blocked scan: blocks of ``P`` chunks are scanned by one matmul with the ``P x P`` matrix ``a^(p - p')``,
-whose input also takes the state carried into the block (weighted by ``a^(p + 1)``): the blocks' totals,
-scanned by the same scheme one level up (decay ``a^P``). ``levels`` such levels cover :func:`capacity`
-bins, so an exported graph needs no loop; levels above what a sequence needs work on one entry per trial.
+matmul per chunk (``[q] -> [2M]``: real parts, then imaginary parts). All of these are sub-blocks of tables
+built once per layer (:class:`ChunkOperands`). The chunk-to-chunk recurrence is a doubling scan: step ``k``
+adds ``a^(2^k)`` times the partial sums ``2^k`` states back, so ``s`` steps cover ``2^s`` states
+(:func:`capacity`) and an exported graph needs no loop; the anti-causal states are scanned in reverse chunk
+order beside the causal ones. The decays ``a^(2^k) = exp(q 2^k log mu)`` (in :func:`chunk_plan`, with the
+sub-blocks for ``q``) are computed in float64 and cast: no ``sin(l theta)`` at large ``l`` in single
+precision, and the scan is stable (``|a| < 1``).
 
-Sequences of up to ``WHOLE`` bins are one chunk of their own length (a plain Toeplitz product, no state);
-longer ones use chunks of ``q = CHUNK`` bins. Cost ``O(B H L (q + M))``, memory ``O(B H L (1 + M / q))``.
-Only ``mu^k`` for ``k <= WHOLE`` and ``a_level^k`` for ``k <= P`` are tabulated (computed in float64, kept
-in float32): no ``sin(l theta)`` at large ``l`` in single precision, and the scan is stable (``|a| < 1``).
+Chunks are formed and states shifted by gathers, not padded slices, so every size in a graph traced with a
+dynamic length is ``L``, ``C``, ``q`` or ``C - 1``. Cost ``O(B H L (q + M + M log C / q))``, memory
+``O(B H L (1 + M / q))``.
 """
 from __future__ import annotations
 
@@ -31,213 +34,233 @@ import torch.nn.functional as F
 from .diagonal import DiagonalForm
 from .fftconv import toeplitz
 
-# Bins per chunk (q) for sequences longer than WHOLE, chunks per scan block (P), and the longest sequence
-# convolved as one chunk: benchmarks/results/long_recordings_cpu.md.
+# Chunk length (bins): chunks hold CHUNK to 2 CHUNK - 1 bins (benchmarks/results/long_recordings_cpu.md).
 CHUNK = 128
-BLOCK = 16
-WHOLE = 256
-# Scan levels tabulated for the torch layer: sequences up to capacity(MAX_LEVELS) bins (over 10^9).
-MAX_LEVELS = 5
 
 
-def scan_levels(n_states: int, block: int = BLOCK) -> int:
-    """Scan levels above the first for ``n_states`` chunk states (0 when they fit one block)."""
-    levels = 0
-    while n_states > block:
-        n_states = -(-n_states // block)
-        levels += 1
-    return levels
+def chunk_shape(L: int, chunk: int = CHUNK) -> tuple[int, int]:
+    """``(C, q)``: the number of chunks and bins per chunk (the last padded) for a sequence of ``L >= 1`` bins."""
+    n_chunks = L // chunk
+    n_chunks = max(n_chunks, 1) if isinstance(n_chunks, int) else torch.sym_max(n_chunks, 1)
+    return n_chunks, (L + n_chunks - 1) // n_chunks
 
 
-def capacity(levels: int, chunk: int = CHUNK, block: int = BLOCK) -> int:
-    """Longest sequence (bins) that ``levels`` scan levels convolve exactly (``chunk - 1`` more states)."""
-    return chunk * (block ** (levels + 1) + 1)
+def scan_steps(n_states: int) -> int:
+    """Doubling steps that scan ``n_states`` chunk states (shifts ``1, 2, .., 2^(s - 1)``)."""
+    return max(n_states - 1, 0).bit_length()
+
+
+def steps_for(L: int, chunk: int = CHUNK) -> int:
+    """Doubling steps that a sequence of ``L`` bins needs."""
+    return scan_steps(chunk_shape(L, chunk)[0] - 1)
+
+
+def capacity(steps: int, chunk: int = CHUNK) -> int:
+    """Longest sequence (bins) that ``steps`` doubling steps convolve exactly."""
+    return chunk * (2**steps + 2) - 1
 
 
 @dataclass
 class ChunkTables:
     """Tables of one layer's diagonal form, enough for the chunked convolution at any length.
 
-    ``taps [n_kernels, H, S]``: the kernels' first ``S = WHOLE`` taps. ``powers [2, H, M, S + 1]``: real and
-    imaginary parts of ``mu^k``. ``weights [2, n_kernels, H, M]``: of ``w``.
-    ``level_powers [levels + 1, 2, H, M, P + 1]``: of ``a_l^k`` with ``a_l = mu^(Q P^l)``, where ``Q = chunk``
-    is the chunk length of sequences longer than ``S``.
+    ``taps [n_kernels, H, S]``: the kernels' first ``S = 2 CHUNK`` taps (longer than any chunk).
+    ``powers [2, H, M, S + 1]``: real and imaginary parts of ``mu^k``. ``weights [2, n_kernels, H, M]``: of
+    ``w``. ``log_mu [2, H, M]`` (float64): of ``log mu``, for the scan matrices.
     """
 
     taps: torch.Tensor
     powers: torch.Tensor
     weights: torch.Tensor
-    level_powers: torch.Tensor
-    chunk: int = CHUNK
+    log_mu: torch.Tensor
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tables by field name (for registering them as buffers)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "chunk"}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
 class ChunkOperands:
-    """What :func:`chunked_conv` multiplies by, built from :class:`ChunkTables` (any length).
+    """What :func:`chunked_conv` multiplies by, for any length, built from :class:`ChunkTables`; every
+    matrix multiplies rows (bins or states) from the right.
 
-    ``toeplitz [H, S, S]`` (in-chunk, both directions); ``state_in [n_kernels, H, 2M, S]`` and
-    ``readout [n_kernels, H, S, 2M]`` (state rows: each mode's real, then imaginary part; a chunk of ``q`` bins
-    takes the last (causal) or first ``q`` entries of the ``S`` axis, so that powers run up to ``q - 1``);
-    ``blocks [levels + 1, n_kernels, H, M, P, 2P]``: in-block scan matrices ``[Re | Im]`` for chunks of
-    ``Q = chunk`` bins; ``carry_powers [levels, 2, H, M, P]``: ``a_level^(1..P)``.
+    ``toeplitz [H, S, S]``: in-chunk, both directions (``y_chunk = x_chunk @ toeplitz``). ``state_in
+    [n_kernels, H, S, 2M]`` and ``readout [n_kernels, H, 2M, S]`` (state columns: the modes' real parts,
+    then their imaginary parts); a chunk of ``q`` bins uses the last (causal) or first ``q`` bins of the
+    state input and the first (causal) or last ``q`` of the readout, so that powers run up to ``q - 1``.
+    ``log_mu [2, H, M]`` (float64).
     """
 
     toeplitz: torch.Tensor
     state_in: torch.Tensor
     readout: torch.Tensor
-    blocks: torch.Tensor
-    carry_powers: torch.Tensor
-    chunk: int
+    log_mu: torch.Tensor
 
     @property
-    def levels(self) -> int:
-        return self.blocks.shape[0] - 1
+    def chunk(self) -> int:
+        return self.toeplitz.shape[-1] // 2
 
 
-def _complex_powers(log_z: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
-    """``z^e`` for ``log_z [...]`` (complex128) and real ``exponents [E]`` -> ``[2, ..., E]`` (real, imag), float64."""
-    z = torch.exp(log_z[..., None] * exponents.to(log_z.real.dtype))
-    return torch.stack([z.real, z.imag])
+@dataclass
+class ChunkPlan:
+    """:class:`ChunkOperands` cut for sequences of ``length`` bins in ``C`` chunks of ``q`` bins, and the scan's
+    decays and shifts. The ``n = C - 1`` states of each direction are scanned together, the anti-causal ones
+    in reverse chunk order (so both scans run forward).
+
+    ``toeplitz [H, q, q]``; ``state_in [H, n_kernels, q, 2M]`` and ``readout [H, n_kernels, 2M, q]``;
+    ``rows [n_kernels, n]``: the chunks whose states are scanned (``0..C-2``; ``C-1..1``); ``targets
+    [n_kernels, C]``: the scanned state each chunk reads (``c - 1``; ``C - 2 - c``), -1 for none. Per
+    doubling step ``k``, with ``a^(2^k) = a_re + i a_im`` (``a = mu^q``): ``decays``, the factors
+    ``[a_re, a_re]`` and ``[-a_im, a_im]`` ``[H, 1, 1, 1, 2, M]`` of a state ``[re, im]`` and of its swap
+    ``[im, re]``; ``shifts``, the state ``c - 2^k`` each state reads (``[n]``, clamped) and whether it exists
+    (``[n, 1, 1]``, 0/1).
+    """
+
+    toeplitz: torch.Tensor
+    state_in: torch.Tensor
+    readout: torch.Tensor
+    rows: torch.Tensor
+    targets: torch.Tensor
+    decays: list[tuple[torch.Tensor, torch.Tensor]]
+    shifts: list[tuple[torch.Tensor, torch.Tensor]]
+    length: int
+
+    @property
+    def steps(self) -> int:
+        return len(self.decays)
 
 
 @torch.no_grad()
 def chunk_tables(
-    form: DiagonalForm, levels: int = MAX_LEVELS, chunk: int = CHUNK, block: int = BLOCK, whole: int = WHOLE,
-    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+    form: DiagonalForm, chunk: int = CHUNK, dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> ChunkTables:
-    """:class:`ChunkTables` of a diagonal form for ``levels`` scan levels above the first, computed in
-    float64 and stored in ``dtype`` on ``device`` (default: the form's). ``whole >= chunk``."""
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
-        raise ValueError(f"levels must be an integer >= 0, got {levels!r}")
-    for name, value in (("chunk", chunk), ("block", block), ("whole", whole)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
-    if whole < chunk:
-        raise ValueError(f"whole must be at least chunk ({chunk}), got {whole}")
+    """:class:`ChunkTables` of a diagonal form for chunks of ``chunk`` bins (tables of ``2 chunk`` taps: see
+    :func:`chunk_shape`), computed in float64 and stored in ``dtype`` on ``device`` (default: the form's);
+    ``log_mu`` stays float64."""
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     w, log_mu = form.w.to(torch.complex128), form.log_mu.to(torch.complex128)
-    k = torch.arange(block + 1, dtype=torch.float64, device=log_mu.device)
-    level_powers = [_complex_powers(log_mu * (chunk * block**level), k) for level in range(levels + 1)]
-    tables = ChunkTables(
-        taps=form.kernel(whole),
-        powers=_complex_powers(log_mu, torch.arange(whole + 1, dtype=torch.float64, device=log_mu.device)),
-        weights=torch.stack([w.real, w.imag]),
-        level_powers=torch.stack(level_powers),
+    k = torch.arange(2 * chunk + 1, dtype=torch.float64, device=log_mu.device)
+    powers = torch.exp(log_mu[..., None] * k)
+    device = log_mu.device if device is None else device
+    return ChunkTables(
+        taps=form.kernel(2 * chunk).to(device=device, dtype=dtype),
+        powers=torch.stack([powers.real, powers.imag]).to(device=device, dtype=dtype),
+        weights=torch.stack([w.real, w.imag]).to(device=device, dtype=dtype),
+        log_mu=torch.stack([log_mu.real, log_mu.imag]).to(device=device),
     )
-    return ChunkTables(**{name: t.to(device=device, dtype=dtype) for name, t in tables.tensors().items()},
-                       chunk=chunk)
-
-
-def _lag_matrix(powers: torch.Tensor, size: int) -> torch.Tensor:
-    """``D[..., p', p] = z^(p - p')`` for ``p >= p'``, else 0, from ``powers [..., > size]`` of ``z^k``."""
-    position = torch.arange(size, device=powers.device)
-    lag = position[None, :] - position[:, None]
-    return powers[..., lag.clamp_min(0)] * (lag >= 0).to(powers.dtype)
 
 
 def chunk_operands(tables: ChunkTables) -> ChunkOperands:
     """Build the convolution operands from :class:`ChunkTables` (gathers and products only)."""
     n_kernels, H, S = tables.taps.shape
-    P = tables.level_powers.shape[-1] - 1
     (p_re, p_im), (w_re, w_im) = tables.powers, tables.weights  # [H, M, S + 1], [n_kernels, H, M]
-    up_re, up_im, down_re, down_im = p_re[..., :S], p_im[..., :S], p_re[..., :S].flip(-1), p_im[..., :S].flip(-1)
-
-    def pairs(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:  # [H, M, S] twice -> [H, 2M, S]: rows (m, re/im)
-        return torch.stack([re, im], dim=-2).flatten(-3, -2)
-
+    up = torch.stack([p_re[..., :S], p_im[..., :S]], -3)  # [H, 2, M, S]: mu^j
+    down = up.flip(-1)  # mu^(S - 1 - j)
     # State in: mu^(S - 1 - j) (causal), mu^j (anti-causal); readout: w mu^(i + 1), w mu^(S - 1 - i).
-    state_in = torch.stack([pairs(down_re, down_im), pairs(up_re, up_im)][:n_kernels])
+    state_in = torch.stack([down, up][:n_kernels]).flatten(-3, -2).transpose(-1, -2)  # [n_kernels, H, S, 2M]
     readout = []
-    for k, (re, im) in enumerate([(p_re[..., 1:], p_im[..., 1:]), (down_re, down_im)][:n_kernels]):
+    for k, (re, im) in enumerate([(p_re[..., 1:], p_im[..., 1:]), tuple(down.unbind(-3))][:n_kernels]):
         wr, wi = w_re[k][..., None], w_im[k][..., None]  # Re(w z) = wr re - wi im; -Im(w z) = -(wr im + wi re)
-        readout.append(pairs(wr * re - wi * im, -(wr * im + wi * re)).transpose(-1, -2))
-    blocks = []
-    for a_re, a_im in tables.level_powers:
-        lag_re, lag_im = _lag_matrix(a_re, P), _lag_matrix(a_im, P)  # [H, M, P, P]; backward: transposed
-        forward, backward = torch.cat([lag_re, lag_im], -1), torch.cat([lag_re.mT, lag_im.mT], -1)  # [H, M, P, 2P]
-        blocks.append(torch.stack([forward, backward][:n_kernels]))
-    return ChunkOperands(
-        toeplitz=toeplitz(tables.taps),
-        state_in=state_in,
-        readout=torch.stack(readout),
-        blocks=torch.stack(blocks),
-        carry_powers=tables.level_powers[:-1, ..., 1:],
-        chunk=tables.chunk,
+        readout.append(torch.cat([wr * re - wi * im, -(wr * im + wi * re)], -2))  # [H, 2M, S]
+    return ChunkOperands(toeplitz(tables.taps).transpose(-1, -2), state_in, torch.stack(readout), tables.log_mu)
+
+
+def chunk_plan(ops: ChunkOperands, L: int, steps: int | None = None) -> ChunkPlan:
+    """:class:`ChunkPlan` for sequences of ``L`` bins with ``steps`` doubling steps (default: what ``L``
+    needs; an exported graph fixes it, which bounds ``L`` by :func:`capacity`). Sub-blocks are cut by
+    gathers (no minimum of ``q`` and the tables' size in a traced graph); the decays are computed in float64
+    and cast to the operands' dtype."""
+    if steps is None:
+        steps = steps_for(L, ops.chunk)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    n_kernels, S = ops.state_in.shape[0], ops.toeplitz.shape[-1]
+    device, dtype = ops.toeplitz.device, ops.toeplitz.dtype
+    C, q = chunk_shape(L, ops.chunk)
+    head = torch.arange(q, device=device)
+    tail = head + (S - q)
+    cuts = [(tail, head), (head, tail)][:n_kernels]  # bins of the state input and of the readout, per direction
+    scale = q * 2 ** torch.arange(steps, dtype=torch.float64, device=ops.log_mu.device)  # a^(2^k) = mu^scale
+    log_a = ops.log_mu[:, None] * scale[:, None, None]  # [2, steps, H, M]
+    a_re, a_im = torch.exp(log_a[0]) * torch.cos(log_a[1]), torch.exp(log_a[0]) * torch.sin(log_a[1])
+    factors = torch.stack([torch.stack([a_re, a_re], -2), torch.stack([-a_im, a_im], -2)], 1).to(dtype)
+    position, chunk = torch.arange(C - 1, device=device), torch.arange(C, device=device)
+    sources = [position - 2**step for step in range(steps)]
+    return ChunkPlan(
+        toeplitz=ops.toeplitz.index_select(-2, head).index_select(-1, head),
+        state_in=torch.stack([ops.state_in[k].index_select(-2, bins) for k, (bins, _) in enumerate(cuts)], 1),
+        readout=torch.stack([ops.readout[k].index_select(-1, bins) for k, (_, bins) in enumerate(cuts)], 1),
+        rows=torch.stack([position, C - 1 - position][:n_kernels]),
+        targets=torch.stack([chunk - 1, C - 2 - chunk][:n_kernels]),
+        decays=[(f[0, :, None, None, None], f[1, :, None, None, None]) for f in factors.unbind(0)],
+        shifts=[(source.clamp_min(0), (source >= 0).to(dtype)[:, None, None]) for source in sources], length=L,
     )
 
 
-def _scan(x: torch.Tensor, ops: ChunkOperands, direction: int, level: int, levels: int) -> torch.Tensor:
-    """Inclusive scan ``z[c] = a z[c -+ 1] + x[c]`` along the last axis of complex ``x [H, M, 2, B, n]`` (real and
-    imaginary parts on axis 2, ``n >= 0``). ``direction`` 0 runs forward, 1 backward; ``level`` selects the
-    decay ``a = mu^(Q P^level)``.
-
-    Blocks hold ``p = min(n, P)`` entries, so a level above what the sequence needs scans one entry per
-    trial, and an empty sequence stays empty at every level. The state carried into a block enters the
-    block's matmul as one more input column, weighted by a row of powers ``a^(k + 1)`` (forward) or ``a^(p - k)``.
-    """
-    H, M, _, B, n = x.shape
-    P = ops.blocks.shape[-2]
-    p, n_blocks = torch.sym_min(n, P), (n + P - 1) // P
-    rows = 2 * B * n_blocks  # (real/imaginary, trial, block)
-    x = F.pad(x, (0, n_blocks * p - n)).reshape(H, M, rows, p)
-    blocks = ops.blocks[level, direction]  # [H, M, P, 2P]: [Re | Im] of a^lag
-    blocks = torch.cat([blocks[..., :p, :p], blocks[..., :p, P : P + p]], dim=-1)  # [H, M, p, 2p]
-    if level < levels:
-        # Block totals (the last entry forward, the first backward, without carries): one column of the
-        # block matrix; scanned one level up, then carried into the next (previous) block.
-        edge = p - 1 if direction == 0 else 0
-        t = (x @ torch.cat([blocks[..., edge : edge + 1], blocks[..., p + edge : p + edge + 1]], -1))
-        t = t.reshape(H, M, 2, B, n_blocks, 2)
-        totals = torch.stack([t[:, :, 0, ..., 0] - t[:, :, 1, ..., 1], t[:, :, 0, ..., 1] + t[:, :, 1, ..., 0]], 2)
-        carry = _scan(totals, ops, direction, level + 1, levels)  # [H, M, 2, B, n_blocks]
-        carry = F.pad(carry, (1, 0))[..., :n_blocks] if direction == 0 else F.pad(carry, (0, 1))[..., 1:]
-        powers = ops.carry_powers[level][..., :p]  # [2, H, M, p]: a^(1..p)
-        powers = powers if direction == 0 else powers.flip(-1)
-        x = torch.cat([x, carry.reshape(H, M, rows, 1)], dim=-1)
-        blocks = torch.cat([blocks, torch.cat([powers[0], powers[1]], -1)[..., None, :]], dim=-2)
-    out = (x @ blocks).reshape(H, M, 2, B, n_blocks, 2 * p)
-    z_re = out[:, :, 0, ..., :p] - out[:, :, 1, ..., p:]
-    z_im = out[:, :, 0, ..., p:] + out[:, :, 1, ..., :p]
-    return torch.stack([z_re, z_im], dim=2).reshape(H, M, 2, B, n_blocks * p)[..., :n]
+def _scan(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    """Inclusive scan ``z[c] = a z[c - 1] + x[c]`` of states ``x [H, n_kernels, B, n, 2, M]`` (real, imaginary)
+    along axis 3 by doubling: ``z[c] += a^(2^s) z[c - 2^s]``. Shifts are gathers of the same size (not padded
+    slices), so a traced graph holds no new size."""
+    n = x.shape[3]
+    for step, ((source, inside), (same, swapped)) in enumerate(zip(plan.shifts, plan.decays)):
+        if isinstance(n, int) and 2**step >= n:  # concrete sizes: nothing further (a graph keeps every step)
+            break
+        s = x.index_select(3, source) * inside
+        x = x + s * same + s.flip(-2) * swapped
+    return x
 
 
 def chunked_conv(
-    u: torch.Tensor, ops: ChunkOperands, D: torch.Tensor | None = None, levels: int | None = None
+    u: torch.Tensor, ops: ChunkOperands, D: torch.Tensor | None = None, plan: ChunkPlan | None = None,
 ) -> torch.Tensor:
     """Convolve ``u [B, H, L]`` as :func:`~ldns_fast.ssm.fft_conv` does, by chunks (see the module docstring).
 
-    ``ops``: from :func:`chunk_operands`; ``D [H]``: skip term. ``levels``: scan levels above the first
-    (default: what ``L`` needs; an exported graph fixes it, which bounds ``L`` by :func:`capacity`).
-    Channels lead inside (``[H, q, B, chunks]``) so that every matmul is batched over ``H`` alone.
+    ``ops``: from :func:`chunk_operands`; ``D [H]``: skip term; ``plan``: from :func:`chunk_plan` for this
+    length (default: made here). The sequence is zero-padded to ``C q`` bins for :func:`padded_chunked_conv`.
     """
     if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[1] != ops.toeplitz.shape[0]:
         raise ValueError(f"u must be a tensor of shape [B, H={ops.toeplitz.shape[0]}, L], "
                          f"got {getattr(u, 'shape', type(u))}")
-    B, H, L = u.shape
-    n_kernels, S, P, Q = ops.state_in.shape[0], ops.toeplitz.shape[-1], ops.blocks.shape[-2], ops.chunk
-    M = ops.state_in.shape[-2] // 2
-    whole = torch.sym_min(1, S // L)  # 1 when the sequence is one chunk of its own length, else 0
-    q = Q + whole * (L - Q)  # bins per chunk
-    C = (L + q - 1) // q  # chunks
-    if levels is None:
-        levels = scan_levels(C - 1, P)
-    if levels > ops.levels:
-        raise ValueError(f"{L} bins need {levels} scan levels; these operands have {ops.levels} "
-                         f"(up to {capacity(ops.levels, Q, P)} bins)")
-    chunks = F.pad(u, (0, C * q - L)).reshape(B, H, C, q).permute(1, 3, 0, 2)  # [H, q, B, C]
-    # Causal: chunks 0..C-2 hand their states to chunks 1..C-1, powers mu^(q-1-j) in, w mu^(i+1) out.
-    # Anti-causal: chunks 1..C-1 to chunks 0..C-2, powers mu^j in, w mu^(q-1-i) out.
-    sources = [(chunks[..., : C - 1], S - q, S, 0, q, (1, 0)), (chunks[..., 1:], 0, q, S - q, S, (0, 1))]
-    operand, inputs = [ops.toeplitz[:, :q, :q]], [chunks]
-    for k in range(n_kernels):
-        source, in0, in1, out0, out1, shift = sources[k]
-        x = (ops.state_in[k][..., in0:in1] @ source.reshape(H, q, B * (C - 1))).reshape(H, M, 2, B, C - 1)
-        z = _scan(x, ops, k, 0, levels).reshape(H, 2 * M, B, C - 1)
-        inputs.append(F.pad(z, shift))  # [H, 2M, B, C]: zero where no state
-        operand.append(ops.readout[k][:, out0:out1])
-    y = torch.cat(operand, dim=-1) @ torch.cat(inputs, dim=1).reshape(H, -1, B * C)  # [H, q, B * C]
-    y = y.reshape(H, q, B, C).permute(2, 0, 3, 1).reshape(B, H, C * q)[..., :L]
+    L = u.shape[-1]
+    C, q = chunk_shape(L, ops.chunk)
+    if plan is None:
+        plan = chunk_plan(ops, L)
+    elif chunk_shape(plan.length, ops.chunk) != (C, q):
+        raise ValueError(f"a chunk plan for {plan.length} bins does not fit a sequence of {L} bins")
+    elif steps_for(L, ops.chunk) > plan.steps:
+        raise ValueError(f"{L} bins need {steps_for(L, ops.chunk)} scan steps; this chunk plan has {plan.steps} "
+                         f"(up to {capacity(plan.steps, ops.chunk)} bins)")
+    y = padded_chunked_conv(u if C * q == L else F.pad(u, (0, C * q - L)), ops, plan)[..., :L]
     return y if D is None else y + D[:, None] * u
+
+
+def padded_chunked_conv(u: torch.Tensor, ops: ChunkOperands, plan: ChunkPlan) -> torch.Tensor:
+    """The chunked convolution (no skip term) of ``u [B, H, C q]``: a sequence of ``plan.length`` bins zero-padded
+    to whole chunks (``chunk_shape(plan.length)``), as an exported graph carries it from layer to layer;
+    returns ``[B, H, C q]`` (the padding's outputs are meaningless).
+
+    Channels lead inside (``[H, B C, q]``), so every matmul is batched over ``H`` alone, and every size is a
+    product of ``B``, ``C`` and ``q`` (no slice, padding or broadcast batch that would need a guard on them
+    in a traced graph).
+    """
+    B, H, M = u.shape[0], u.shape[1], ops.log_mu.shape[-1]
+    C, q = chunk_shape(plan.length, ops.chunk)
+    chunks = torch.permute_copy(u.reshape(B, H, C, q), (1, 0, 2, 3)).reshape(H, B * C, q)
+    y = chunks @ plan.toeplitz  # [H, B C, q]
+    if not isinstance(C, int) or C > 1:
+        # Causal: the states of chunks 0..C-2, scanned forward, enter chunks 1..C-1; anti-causal: those of
+        # chunks C-1..1 enter C-2..0. Rows are gathered, not sliced.
+        n_kernels, n = plan.state_in.shape[1], C - 1
+        kernel = torch.arange(n_kernels, device=u.device)[:, None, None]
+        trial = torch.arange(B, device=u.device)[:, None]
+        rows = (trial * C + plan.rows[:, None]).reshape(-1)  # [n_kernels B n]
+        x = (chunks.index_select(1, rows).reshape(H, n_kernels, B * n, q) @ plan.state_in)
+        x = _scan(x.reshape(H, n_kernels, B, n, 2, M), plan)
+        r = (x.reshape(H, n_kernels, B * n, 2 * M) @ plan.readout).reshape(H, n_kernels * B * n, q)
+        r = torch.cat([r.new_zeros(H, 1, q), r], 1)  # row 0: no state
+        targets = plan.targets[:, None]  # [n_kernels, 1, C]
+        index = torch.where(targets >= 0, 1 + (kernel * B + trial) * n + targets, 0).reshape(-1)
+        y = y + r.index_select(1, index).reshape(H, n_kernels, B * C, q).sum(1)
+    return y.reshape(H, B, C * q).transpose(0, 1)

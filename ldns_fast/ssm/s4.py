@@ -1,31 +1,30 @@
 """The S4 layer: an SSM convolution kernel, its convolution and a skip term, with an inference cache.
 
 Two convolutions: ``conv="fft"`` (the default; any use, differentiable in every parameter) and
-``conv="chunked"`` (:mod:`.chunked`: matmuls only, linear in ``L`` and without a per-length cache; inference
-only: no gradient reaches the kernel parameters through it). On CPU torch's FFT measured faster at every
-length benchmarked up to 180,000 bins (``benchmarks/results/long_recordings_cpu.md``), so nothing picks the
-chunked scan automatically; it is what the ONNX export builds its long-recording graphs from.
+``conv="chunked"`` (:mod:`.chunked`: matmuls only, linear in ``L``, with a small plan per length;
+inference only: no gradient reaches the kernel parameters through it). On CPU torch's FFT measured as fast
+at 140 bins and faster from 2,048 bins on (``benchmarks/results/long_recordings_cpu.md``), so nothing picks
+the chunked scan automatically; it is what the ONNX export builds its long-recording graphs from.
 
 The kernel depends only on the weights and the length ``L``, so when no gradient can flow to it
 (grad mode off, or the kernel parameters frozen) its spectrum (:func:`kernel_spectrum`, what the FFT
 convolution multiplies by) is computed once per ``(L, device, dtype)`` and reused, and so are the chunked
-scan's operands (one set for every length). The cache is keyed on every kernel parameter's storage
-pointer and version counter, so optimiser steps, in-place edits, ``load_state_dict`` and ``.to()``
-invalidate it.
+scan's operands (one set for every length) and its plans (per length). The cache is keyed on every
+kernel parameter's storage pointer and version counter, so optimiser steps, in-place edits,
+``load_state_dict`` and ``.to()`` invalidate it.
 
-Every call scans its input for NaN/inf, which costs a host-device synchronisation per layer; code that
-has validated its inputs (the sampling loop) can switch the scan off with :func:`skip_finite_check`.
+A call checks its input's shape and dtype only: no NaN scan and no host-device synchronisation (values
+are validated where they enter the package: :class:`~ldns_fast.pipeline.LDNS`, the CLIs and data readers).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .chunked import ChunkOperands, chunk_operands, chunk_tables, chunked_conv
+from .chunked import ChunkOperands, ChunkPlan, chunk_operands, chunk_tables, chunked_conv, chunk_plan
 from .diagonal import diagonal_form
 from .fftconv import fft_conv, kernel_spectrum, spectrum_conv
 from .ssm_kernels import DiagonalKernel, DPLRKernel
@@ -34,24 +33,6 @@ from .ssm_kernels import DiagonalKernel, DPLRKernel
 # least recently used evicted first.
 KERNEL_CACHE_SIZE = 8
 CONV_MODES = ("fft", "chunked")
-
-_check_finite = True  # read by S4._check_input; switched off by skip_finite_check()
-
-
-@contextmanager
-def skip_finite_check() -> Iterator[None]:
-    """Inside this block, S4 layers skip the NaN/inf scan of their inputs (shape and dtype checks stay).
-
-    For hot loops whose inputs are already validated (the scan forces a device sync per layer per call).
-    The switch is process-wide (not per thread) and restored on exit, also on nesting and exceptions.
-    """
-    global _check_finite
-    previous, _check_finite = _check_finite, False
-    try:
-        yield
-    finally:
-        _check_finite = previous
-
 
 class S4(nn.Module):
     """S4 layer ``y = K * u + D u`` on ``[B, H, L]`` sequences.
@@ -154,6 +135,11 @@ class S4(nn.Module):
         return self._cached(("chunked",), lambda: chunk_operands(
             chunk_tables(diagonal_form(self.kernel), dtype=ref.dtype, device=ref.device)))
 
+    @torch._disable_dynamo
+    def cached_chunk_plan(self, L: int) -> ChunkPlan:
+        """The chunked scan's decays for length ``L``, computed once per weights and ``L``."""
+        return self._cached(("chunk-scan", L), lambda: chunk_plan(self.cached_chunk_operands(), L))
+
     def _check_input(self, u: object) -> torch.Tensor:
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or not u.is_floating_point():
             desc = f"{tuple(u.shape)} {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__
@@ -162,8 +148,6 @@ class S4(nn.Module):
             raise ValueError(
                 f"u must have shape [B, H={self.d_model}, L>=1] for d_model={self.d_model}, got {tuple(u.shape)}"
             )
-        if _check_finite and not bool(torch.isfinite(u).all()):
-            raise ValueError("u contains NaN or infinite values")
         return u
 
     def forward(self, u: torch.Tensor, spectrum: torch.Tensor | None = None) -> torch.Tensor:
@@ -182,7 +166,7 @@ class S4(nn.Module):
                                      "parameters (use torch.no_grad(), freeze the kernel, or conv='fft')")
                 return fft_conv(u, self.kernel(L), self.D)
             if self.conv == "chunked":
-                return chunked_conv(u, self.cached_chunk_operands(), self.D)
+                return chunked_conv(u, self.cached_chunk_operands(), self.D, self.cached_chunk_plan(L))
             spectrum = self.cached_spectrum(L)
         elif tuple(spectrum.shape) != (self.d_model, L + 1) or not spectrum.is_complex():
             raise ValueError(

@@ -132,7 +132,7 @@ class DiagonalKernel(_SSMKernel):
         v, x = self.discretize()
         n_kernels, H, Np = v.shape
         x = x.expand(n_kernels, H, Np)
-        K = vandermonde_kernel(v.reshape(-1, Np), x.reshape(-1, Np), L, backend=self.backend)
+        K = vandermonde_kernel(v.reshape(-1, Np), x.reshape(-1, Np), L, backend=self.backend, check_finite=False)
         return K.reshape(n_kernels, H, L)
 
 
@@ -213,7 +213,7 @@ class DPLRKernel(_SSMKernel):
         left = torch.cat([C_tilde, P.conj().unsqueeze(0)], dim=0)  # [nk + 1, H, Np]: (C~ || Q)
         right = torch.stack([B, P], dim=0)  # [2, H, Np]: (B || P)
         v = left[:, None] * right[None] * dt[:, None]  # [nk + 1, 2, H, Np]
-        r = cauchy_kernel(v, z, dt[:, None] * Lambda, backend=self.backend)  # [nk + 1, 2, H, M]
+        r = cauchy_kernel(v, z, dt[:, None] * Lambda, backend=self.backend, check_finite=False)  # [nk+1, 2, H, M]
         r00, r01, r10, r11 = r[:nk, 0], r[:nk, 1], r[nk, 0], r[nk, 1]
         k_f = (r00 - r01 * r10 / (1 + r11)) * scale
         if L % 2 == 0:

@@ -20,28 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ldns_fast.atomic import atomic_write
+from ldns_fast.run import METRICS_FILE, read_metrics
 
-METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 LEAD_COLUMNS = ("stage", "epoch", "step", "lr")
 TAIL_COLUMNS = ("seconds", "samples_per_s")  # wall time of the epoch (training and validation), throughput
 MAX_LINES = 100  # per stage on stdout: long stages print every k-th epoch
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.csv``: ``stage`` a string, ``epoch`` and ``step`` ints, the rest floats
-    (empty cells left out)."""
-    with open(path, newline="") as f:
-        return [_parse(row) for row in csv.DictReader(f)]
-
-
-def _parse(row: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, text in row.items():
-        if text in ("", None):
-            continue
-        out[key] = text if key == "stage" else int(text) if key in ("epoch", "step") else float(text)
-    return out
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 from ldns_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ldns_fast.config import StageConfig, describe_differences
 from ldns_fast.kernels.ops import COMPILE_OPTIONS
+from ldns_fast.run import Batch
 
 from .ema import EMA
 from .log import TrainingLog
 
-Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch, torch.Generator], dict[str, torch.Tensor]]
 
 

@@ -1,7 +1,6 @@
 """The two LDNS training stages: the autoencoder on spikes, then the denoiser on normalised latents."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -10,41 +9,19 @@ import torch.nn.functional as F
 
 from ldns_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ldns_fast.config import RunConfig, to_dict
-from ldns_fast.data import LorenzConfig, SpikeData, load_lorenz, read_dataset, to_tensors
+from ldns_fast.data import SpikeData
 from ldns_fast.diffusion import DiffusionSchedule
 from ldns_fast.models import Autoencoder, Denoiser, autoencoder_loss
+from ldns_fast.run import (
+    AUTOENCODER_DIGEST, AUTOENCODER_FILE, DIFFUSION_FILE, SPIKE_HISTORY_FILE, LatentStats, encode_all,
+    spike_batches, weights_digest,
+)
 from ldns_fast.spike_history import SpikeHistoryConfig, SpikeHistoryModel
 
 from .log import TrainingLog
 from .loop import Batch, DistributedContext, StageTrainer
 
 M = TypeVar("M", bound=torch.nn.Module)
-
-AUTOENCODER_FILE = "autoencoder.pt"
-DIFFUSION_FILE = "diffusion.pt"
-AUTOENCODER_REPORT_FILE = "autoencoder_report.json"
-SPIKE_HISTORY_FILE = "spike_history.pt"
-# The autoencoder a denoiser or spike-history model was trained on: weights_digest of its state dict.
-AUTOENCODER_DIGEST = "autoencoder_sha256"
-
-
-def load_data(run: RunConfig) -> SpikeData:
-    """The run's dataset: the cached Lorenz preset or a user HDF5 file (validated on read)."""
-    source = run.data.source
-    if source == "lorenz":
-        source = load_lorenz(LorenzConfig.preset(run.data.lorenz_preset, **run.data.lorenz))
-    return read_dataset(source)
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 (hex) of a state dict: every tensor's name, dtype, shape and bytes, in sorted name order."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
 
 def remove_stale(out_dir: Path, autoencoder: Autoencoder) -> list[Path]:
     """Remove the denoiser and spike-history checkpoints of ``out_dir`` that record another autoencoder
@@ -69,21 +46,6 @@ def seeded(build: Callable[..., M], *args: Any, seed: int) -> M:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build(*args)
-
-
-def spike_batches(data: SpikeData, split: str) -> Batch | None:
-    """``{"spikes": [n, N, T], "mask": [n, T]}`` plus ``"cond" [n, C]`` and ``"behavior" [n, B, T]`` when
-    the data hold them, for one split (None when the split is empty)."""
-    part = data.split(split)
-    if part.n_trials == 0:
-        return None
-    tensors = to_tensors(part)
-    batch = {"spikes": tensors.spikes, "mask": tensors.mask}
-    if tensors.conditions is not None:
-        batch["cond"] = tensors.conditions
-    if tensors.behavior is not None:
-        batch["behavior"] = tensors.behavior
-    return batch
 
 
 def autoencoder_stage_config(run: RunConfig) -> dict:
@@ -115,32 +77,6 @@ def train_autoencoder(
         raise ValueError("the dataset has no training trials (split code 0)")
     history = trainer.fit(train, spike_batches(data, "val"))
     return trainer.model, history
-
-
-@torch.no_grad()
-def encode_all(model: Autoencoder, batch: Batch, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Latents ``[n, C_latent, T]`` of every trial in ``batch`` (eval mode, zero on padding)."""
-    model.eval()
-    out = []
-    for start in range(0, batch["spikes"].shape[0], batch_size):
-        spikes = batch["spikes"][start : start + batch_size].to(device)
-        mask = batch["mask"][start : start + batch_size].to(device)
-        out.append(model.encode(spikes, mask).cpu())
-    return torch.cat(out)
-
-
-def latent_statistics(latents: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std ``[C]`` of ``latents [n, C, T]`` over valid bins of ``mask [n, T]``."""
-    weight = mask[:, None, :].to(latents.dtype)
-    count = weight.sum((0, 2)).clamp_min(1)
-    mean = (latents * weight).sum((0, 2)) / count
-    var = ((latents - mean[None, :, None]).square() * weight).sum((0, 2)) / count
-    return mean, var.sqrt().clamp_min(1e-6)
-
-
-def normalise(latents: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """z-score ``latents [n, C, T]`` per channel; padding stays zero."""
-    return (latents - mean[None, :, None]) / std[None, :, None] * mask[:, None, :]
 
 
 def diffusion_loss(
@@ -181,10 +117,10 @@ def train_diffusion(
         }
         for name, b in batches.items()
     }
-    mean, std = latent_statistics(latents["train"]["latents"], latents["train"]["mask"])
+    stats = LatentStats.measure(latents["train"]["latents"], latents["train"]["mask"])
     for part in latents.values():
         if part is not None:
-            part["latents"] = normalise(part["latents"], part["mask"], mean, std)
+            part["latents"] = stats.normalise(part["latents"], part["mask"])
     schedule = DiffusionSchedule(run.schedule)
     cfg = run.diffusion_training
     trainer = StageTrainer(
@@ -192,7 +128,7 @@ def train_diffusion(
         lambda m, b, g: diffusion_loss(m, schedule, cfg.loss, cfg.smooth_l1_beta, run.denoiser.cond_drop, b, g),
         cfg, out_dir / DIFFUSION_FILE, diffusion_stage_config(run), run.seed, ctx,
         ema=(cfg.ema_max_decay, cfg.ema_power), compile=compile, progress=progress, log=log,
-        extra={"latent_mean": mean, "latent_std": std, "bin_width": float(data.bin_width), "n_bins": int(data.n_bins),
+        extra={"latent_mean": stats.mean, "latent_std": stats.std, "bin_width": float(data.bin_width), "n_bins": int(data.n_bins),
                AUTOENCODER_DIGEST: weights_digest(autoencoder.state_dict())},
     )
     if not (resume and trainer.path.exists() and trainer.resume()):
