@@ -111,17 +111,18 @@ def padded_length(conv: str, L: int) -> int:
     return n_chunks * q
 
 
-def pad(t: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """``t [B, C, L]`` zero-padded to ``length >= L`` bins by a gather (no guard on ``L`` in a traced graph)."""
-    if t is None:
-        return None
-    index = torch.arange(length, device=t.device).clamp_max(t.shape[-1])
+def pad(t: torch.Tensor | None, conv: str) -> torch.Tensor | None:
+    """``t [B, C, L]`` zero-padded to :func:`padded_length` bins by a gather (no guard on ``L`` in a traced
+    graph); unchanged unless ``conv`` is ``chunked``."""
+    if t is None or conv != "chunked":
+        return t
+    index = torch.arange(padded_length(conv, t.shape[-1]), device=t.device).clamp_max(t.shape[-1])
     return F.pad(t, (0, 1)).index_select(-1, index)
 
 
-def crop(t: torch.Tensor, L: int) -> torch.Tensor:
-    """The first ``L`` bins of ``t [B, C, >= L]`` by a gather."""
-    return t.index_select(-1, torch.arange(L, device=t.device))
+def crop(t: torch.Tensor, conv: str, L: int) -> torch.Tensor:
+    """The first ``L`` bins of ``t [B, C, >= L]`` by a gather; unchanged unless ``conv`` is ``chunked``."""
+    return t if conv != "chunked" else t.index_select(-1, torch.arange(L, device=t.device))
 
 
 def to_diagonal_s4(model: nn.Module, conv: str, max_length: int) -> nn.Module:
@@ -151,10 +152,10 @@ class DenoiserStep(nn.Module):
         padded = padded_length(self.conv, L)
         for layer in self.layers:
             layer.prepare(L)
-        out = self.denoiser(pad(x, padded), t, valid_mask(lengths, padded), conditions, pad(behavior, padded))
+        out = self.denoiser(pad(x, self.conv), t, valid_mask(lengths, padded), conditions, pad(behavior, self.conv))
         for layer in self.layers:
             layer.prepare(None)
-        return crop(out, L)
+        return crop(out, self.conv, L)
 
 
 class Decoder(nn.Module):
@@ -202,18 +203,18 @@ class UnrolledSampler(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         L = noise.shape[-1]
         padded = padded_length(self.conv, L)  # the denoiser runs on whole chunks; the padding stays masked
-        mask, behavior = valid_mask(lengths, padded), pad(behavior, padded)
+        mask, behavior = valid_mask(lengths, padded), pad(behavior, self.conv)
         model_fn = guided(self.denoiser, mask, conditions, behavior, self.guidance_scale)
         for layer in self.layers:
             layer.prepare(L)
         self.sampler.reset()
-        x = pad(noise, padded)
+        x = pad(noise, self.conv)
         for t in self.timesteps:
             t_batch = torch.full((noise.shape[0],), t, dtype=torch.long, device=noise.device)
             x = self.sampler.step(model_fn(x, t_batch), t, x)
         for layer in self.layers:
             layer.prepare(None)
         mask = valid_mask(lengths, L)
-        latents = LatentStats(self.latent_mean, self.latent_std).denormalise(crop(x, L), mask)
+        latents = LatentStats(self.latent_mean, self.latent_std).denormalise(crop(x, self.conv, L), mask)
         return latents, self.decoder(latents) * mask[:, None]
 

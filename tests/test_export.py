@@ -24,7 +24,7 @@ from ldns_fast.config import merge, preset  # noqa: E402
 from ldns_fast.data import read_dataset, valid_mask  # noqa: E402
 from ldns_fast.diffusion import make_sampler, make_timesteps, sample  # noqa: E402
 from ldns_fast.export import ExportError, OnnxSampler, export_onnx, read_metadata  # noqa: E402
-from ldns_fast.export.modules import KERNEL_CHUNK, DiagonalS4, crop, pad, padded_length  # noqa: E402
+from ldns_fast.export.modules import KERNEL_CHUNK, DiagonalS4, crop, pad  # noqa: E402
 from ldns_fast.export.onnx_export import CHUNKED_MIN_CAPACITY  # noqa: E402
 from ldns_fast.models import Autoencoder, Denoiser  # noqa: E402
 from ldns_fast.pipeline import LDNS  # noqa: E402
@@ -119,7 +119,7 @@ def test_diagonal_s4_reproduces_the_layer_at_any_length(mode: str, conv: str) ->
         u = torch.randn(2, 6, L)
         exported.prepare(L)
         with torch.no_grad():  # the chunked scan runs on whole chunks (the padding's outputs are dropped)
-            got = crop(exported(pad(u, padded_length(conv, L))), L)
+            got = crop(exported(pad(u, conv)), conv, L)
             assert relative_error(got.numpy(), layer(u).numpy()) < 1e-5
 
 
