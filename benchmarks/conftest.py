@@ -1,11 +1,10 @@
-"""Benchmark set-up: device choice, Triton interpreter off the timing path, same-run baselines, ``--toy``."""
+"""Benchmark set-up: device choice, Triton interpreter off the timing path, same-run baselines, ``--toy``.
+
+The helpers the benchmark files call (timing, baselines, the device) live in :mod:`benchmarks.common`.
+"""
 from __future__ import annotations
 
 import os
-import statistics
-import sys
-import time
-from typing import Callable
 
 # KeOps and torch run separate OpenMP pools in one process; spinning idle threads of one slow the other.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -13,43 +12,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from memory import peak_memory_bytes  # noqa: E402
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn: Callable[[], object], rounds: int) -> float:
-    """Median wall time of ``fn`` over ``rounds`` calls after one warm-up call."""
-    fn()
-    sync()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-class Baselines:
-    """Baseline timings and peak memory measured once per key within this pytest run."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple, tuple[float, int]] = {}
-
-    def get(self, key: tuple, fn: Callable[[], object], rounds: int) -> tuple[float, int]:
-        if key not in self._cache:
-            self._cache[key] = (median_seconds(fn, rounds), peak_memory_bytes(fn, DEVICE))
-        return self._cache[key]
+from benchmarks.common import DEVICE, Baselines  # noqa: E402
 
 
 def pytest_addoption(parser) -> None:
@@ -78,56 +44,3 @@ def baselines() -> Baselines:
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     return DEVICE
-
-
-def record_against_baseline(
-    benchmark, baselines: Baselines, key: tuple | str, baseline_call: Callable[[], object],
-    call: Callable[[], object], rounds: int, name: str, **info: object,
-) -> None:
-    """Time ``call`` and its peak memory; put ``{name}_seconds``, ``speedup_vs_{name}``, both peaks and
-    ``memory_ratio`` (baseline peak / peak) in ``extra_info``, the baseline measured once per ``key``."""
-    base_s, base_peak = baselines.get(key if isinstance(key, tuple) else (key,), baseline_call, rounds)
-    peak = peak_memory_bytes(call, DEVICE)
-    median = run_benchmark(benchmark, call, rounds)
-    benchmark.extra_info.update(
-        {f"{name}_seconds": base_s, f"speedup_vs_{name}": base_s / median, f"{name}_peak_bytes": base_peak},
-        device=str(DEVICE), peak_bytes=peak, memory_ratio=base_peak / max(peak, 1), **info,
-    )
-
-
-def run_benchmark(benchmark, fn: Callable[[], object], rounds: int) -> float:
-    """Time ``fn`` with pytest-benchmark (synchronised on CUDA); return the median seconds."""
-    return run_benchmark_with_setup(benchmark, fn, rounds, None)
-
-
-def run_benchmark_with_setup(
-    benchmark, fn: Callable[[], object], rounds: int, setup: Callable[[], None] | None
-) -> float:
-    """:func:`run_benchmark` with an untimed ``setup()`` before every round (warm-up included)."""
-
-    def call() -> None:
-        fn()
-        sync()
-
-    benchmark.pedantic(call, setup=setup, rounds=rounds, warmup_rounds=1, iterations=1)
-    return benchmark.stats.stats.median
-
-
-def run_paired_benchmark(
-    benchmark, fn: Callable[[], object], baseline: Callable[[], object], rounds: int
-) -> tuple[float, float]:
-    """Time ``fn`` with pytest-benchmark, running ``baseline`` (timed here) before each round.
-
-    Returns the medians ``(fn, baseline)``: taken over the same interleaved period, so their ratio holds
-    on a machine whose speed drifts (shared CPUs) better than medians from separate periods.
-    """
-    baseline_times: list[float] = []
-
-    def run_baseline() -> None:
-        t0 = time.perf_counter()
-        baseline()
-        sync()
-        baseline_times.append(time.perf_counter() - t0)
-
-    median = run_benchmark_with_setup(benchmark, fn, rounds, run_baseline)
-    return median, statistics.median(baseline_times[-rounds:])

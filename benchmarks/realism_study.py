@@ -1,5 +1,4 @@
-"""Realism study (issue 13): how close are reconstructed and generated trials to real ones, and where is
-fidelity lost?
+"""Realism study: how close are reconstructed and generated trials to real ones, and where is fidelity lost?
 
     python -m ldns_fast.data.network network.h5
     python -m ldns_fast.train --data network.h5 --set denoiser.cond_drop=0.1 --spike-history --out runs/network
@@ -7,17 +6,18 @@ fidelity lost?
         [--reference train|test] [--sampler sde-dpm++ --steps 20] [--scales 1 2] [--seed 0] [--with-behavior]
         [--bootstrap 5] [--device cpu] [--train-command "python -m ldns_fast.train ..." (repeatable)]
 
-Rows, each compared with the reference split (``train`` by default, as in the issue's table): the other
-real split (the sampling-noise floor), Poisson draws from the autoencoder's reconstructed rates of the
-reference trials (the run's ceiling), trials generated for the reference trials' conditions and lengths
-at each guidance scale, and, when the run holds a spike-history model, reconstructions and generated
-trials (guidance 1) whose spikes it draws. Generated trials get the vector conditions only
-(``--with-behavior`` adds the behaviour channels the model takes), so the direction must come from
-the condition. Columns: a ridge direction decoder fitted on the real training trials (mean angular
-error; the floor row decodes the real test trials) when the conditions are 2-d directions, and
+Rows, each compared with the reference split (``train`` by default, ``--reference test`` for held-out
+trials): the other real split (the sampling-noise floor), Poisson draws from the autoencoder's
+reconstructed rates of the reference trials (the run's ceiling), trials generated for the reference
+trials' conditions and lengths at each guidance scale, and, when the run holds a spike-history model,
+reconstructions and generated trials (guidance 1) whose spikes it draws. Generated trials get the vector
+conditions only (``--with-behavior`` adds the behaviour channels the model takes), so the direction must
+come from the condition. Columns: a ridge direction decoder fitted on the real training trials (mean
+angular error; the floor row decodes the real test trials) when the conditions are 2-d directions, and
 :func:`ldns_fast.metrics.compare` on the full sets (``point``, with the bootstrap std). The autoencoder
-quality report (:func:`ldns_fast.quality.autoencoder_report`, held-out val split) and the issue's
-done-when targets, marked met or not met, come with it. Writes ``OUT.json`` and ``OUT.md``.
+quality report (:func:`ldns_fast.quality.autoencoder_report`, held-out val split) and the realism targets
+(thresholds on decoder error, Pearson r of ISI statistics and correlations, bits/spike; :func:`targets`),
+marked met or not met, come with it. Writes ``OUT.json`` and ``OUT.md``.
 """
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def study(run_dir: Path, data_path: Path, reference: str = "train", sampler: str
 
 
 def targets(result: dict) -> list[dict]:
-    """The issue's done-when targets: ``{"target", "row", "value", "floor", "met"}``; ``met`` is None when the
+    """The realism targets: ``{"target", "row", "value", "floor", "met"}``; ``met`` is None when the
     row was not measured or the target does not apply (then ``note`` says why)."""
     rows, out = result["rows"], []
     floor_row = next(iter(rows))
@@ -271,7 +271,7 @@ def markdown(result: dict) -> str:
               "Decoder: not applicable (the conditions are not 2-d directions).",
               "Metrics: ldns_fast.metrics.compare against the reference split, values on the full sets"
               + (f" ± std over {result['n_bootstrap']} bootstrap resamples." if result["n_bootstrap"] else "."),
-              "", "## Done-when targets (issue 13)", "",
+              "", "## Realism targets", "",
               "| target | row | value | real floor | status |", "|---|---|---|---|---|"]
     for t in result["targets"]:
         status = t.get("note") or {True: "met", False: "not met", None: "not measured"}[t["met"]]

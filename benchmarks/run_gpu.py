@@ -1,6 +1,7 @@
 """The GPU benchmark plan: ceilings, then the kernel benchmarks; writes ``<device>.json`` and ``<device>.md``.
 
 ``python benchmarks/run_gpu.py [--out benchmarks/results] [--dry-run] [extra pytest arguments]``
+(or ``python -m benchmarks.run_gpu ...`` from the repository root)
 
 The plan, sized to finish within 8 minutes on one H100/H200-class GPU:
 
@@ -37,12 +38,14 @@ from pathlib import Path
 
 import torch
 
+from ldns_fast.atomic import atomic_write
+
+if __package__:  # python -m benchmarks.run_gpu
+    from .summarize import rows
+else:  # python benchmarks/run_gpu.py: Python puts this folder first on sys.path
+    from summarize import rows
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from summarize import rows  # noqa: E402
-
-from ldns_fast.atomic import atomic_write  # noqa: E402
 
 FP32 = 4  # bytes
 PLAN = ("test_kernels_bench.py", "test_fused_bench.py")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, record_against_baseline
+from benchmarks.common import DEVICE, record_against_baseline
 
 from ldns_fast.kernels import backend_status, gelu_gate_residual, modulated_norm
 from ldns_fast.models.layers import ChannelNorm, apply_mask

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, record_against_baseline
+from benchmarks.common import DEVICE, record_against_baseline
 
 from ldns_fast.kernels import backend_status, cauchy_kernel, cauchy_naive, vandermonde_kernel, vandermonde_naive
 

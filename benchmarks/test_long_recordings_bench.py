@@ -1,14 +1,14 @@
 """Long recordings: the chunked-scan S4 convolution against FFT and direct ones, in torch and onnxruntime.
 
 Whole DDIM-20 samples (latents, rates and Poisson spikes) of the default (``cpu`` preset) Lorenz model with
-random weights (:func:`test_onnx_bench.model`): 64 x 140 bins, 8 x 2,048, 1 x 16,384 and one 180,000-bin
-recording (15 min at 5 ms; marked ``slow``). Runtimes: torch eager with FFT convolutions (the baseline:
+random weights (:func:`benchmarks.test_onnx_bench.model`): 64 x 140 bins, 8 x 2,048, 1 x 16,384 and one
+180,000-bin recording (15 min at 5 ms; marked ``slow``). Runtimes: torch eager with FFT convolutions (the baseline:
 ``speedup_vs_torch_eager`` in ``extra_info``), torch with the chunked scan (``LDNS.sample`` with every S4
 layer's ``conv`` set), and ``OnnxSampler`` on the direct graph (where its ``L x L`` Toeplitz matrices fit the
 bin budget), the FFT graph and the chunked graph. The 180,000-bin ONNX rows go through
 ``OnnxSampler.sample_to_hdf5``; ``process_peak_rss_bytes`` there is the peak resident set of a fresh process
 (onnxruntime, numpy and h5py only) making the same file. Elsewhere ``peak_bytes`` is the memory a first call
-adds to this process (:func:`memory.peak_memory_bytes`), and ``bins_per_second`` the throughput.
+adds to this process (:func:`benchmarks.memory.peak_memory_bytes`), and ``bins_per_second`` the throughput.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import DEVICE, median_seconds, run_benchmark
-from memory import peak_memory_bytes, timing_allocator
+from benchmarks.common import DEVICE, median_seconds, run_benchmark
+from benchmarks.memory import peak_memory_bytes, timing_allocator
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from test_onnx_bench import STEPS, model  # noqa: E402
+from benchmarks.test_onnx_bench import STEPS, model  # noqa: E402
 
 from ldns_fast.export import OnnxSampler, export_onnx  # noqa: E402
 from ldns_fast.export.runtime import DEFAULT_MAX_BINS  # noqa: E402

@@ -1,5 +1,5 @@
 """Evaluation speed: the paper's metrics (``ldns_fast.metrics.compare`` with 5 bootstrap resamples) on
-two sets of 2000 trials x 140 bins x 182 neurons (issue 4's size; target: under 10 s on 2 CPU cores).
+two sets of 2000 trials x 140 bins x 182 neurons (target: under 10 s on 2 CPU cores).
 
 Baseline, run before each round so both share the machine's state: ``np.corrcoef`` of both sets'
 pooled counts ``[N, trials * T]``, the one pairwise statistic any implementation computes.
@@ -9,7 +9,7 @@ figure that carries across machines, beside the absolute seconds of this one.
 from __future__ import annotations
 
 import numpy as np
-from conftest import run_paired_benchmark
+from benchmarks.common import run_paired_benchmark
 
 from ldns_fast import metrics
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, median_seconds, run_benchmark
-from memory import timing_allocator
+from benchmarks.common import DEVICE, median_seconds, run_benchmark
+from benchmarks.memory import timing_allocator
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, median_seconds, run_benchmark
+from benchmarks.common import DEVICE, median_seconds, run_benchmark
 
 from ldns_fast.config import preset
 from ldns_fast.diffusion import DiffusionSchedule, make_sampler, sample

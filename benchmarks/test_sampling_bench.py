@@ -18,12 +18,12 @@ step ``unfused`` (baseline), ``recompute``, ``cached`` and ``compiled``. The tra
 loss, backward, AdamW; kernels computed in the graph, as training never caches) compares ``unfused``
 (baseline), ``fused`` (the block as it is) and ``compiled`` (``torch.compile`` of the model).
 
-``extra_info``: ``speedup_vs_recompute`` (DDIM-20; the issue's criterion), ``speedup_vs_unfused`` (step
-and training), the baseline's seconds, and trials per second. Each variant's baseline runs before every
-one of its rounds (:func:`conftest.run_paired_benchmark`), so a ratio compares the same stretch of time
-on a shared machine. The compiled variants compile in their warm-up round, outside the timing. No
-peak-memory figures here: the module times with glibc's usual heap behaviour
-(:func:`memory.timing_allocator`), not the mmap-per-tensor mode that the memory figures need.
+``extra_info``: ``speedup_vs_recompute`` (DDIM-20: ``cached`` and ``compiled`` against kernels recomputed at
+every call), ``speedup_vs_unfused`` (step and training), the baseline's seconds, and trials per second. Each
+variant's baseline runs before every one of its rounds (:func:`benchmarks.common.run_paired_benchmark`), so a
+ratio compares the same stretch of time on a shared machine. The compiled variants compile in their warm-up
+round, outside the timing. No peak-memory figures here: the module times with glibc's usual heap behaviour
+(:func:`benchmarks.memory.timing_allocator`), not the mmap-per-tensor mode that the memory figures need.
 Run: ``pytest benchmarks/test_sampling_bench.py --benchmark-only``.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Callable, Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, run_benchmark, run_paired_benchmark
-from memory import timing_allocator
+from benchmarks.common import DEVICE, run_benchmark, run_paired_benchmark
+from benchmarks.memory import timing_allocator
 
 from ldns_fast.config import preset
 from ldns_fast.data import LorenzConfig

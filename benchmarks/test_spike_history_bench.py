@@ -1,4 +1,4 @@
-"""Spike-history observation model at issue 13's size: 700 trials x 96 neurons x 140 bins.
+"""Spike-history observation model at the realism study's size: 700 trials x 96 neurons x 140 bins.
 
 Synthetic smooth rates (about 0.1 spikes per bin) and Poisson counts drawn from them; default history (20
 bins) and coupling lags (5). For coupling ranks 4 and 8 it times the two costs the coupling adds to:
@@ -7,8 +7,9 @@ bins) and coupling lags (5). For coupling ranks 4 and 8 it times the two costs t
   (one or two per iteration, up to 25 in a hard line search);
 - ``sample``: sampling all 700 trials autoregressively.
 
-Each is paired with the uncoupled model (rank 0), run before every round (:func:`conftest.run_paired_benchmark`),
-so ``ratio_to_rank0`` compares the same stretch of time on a shared machine.
+Each is paired with the uncoupled model (rank 0), run before every round
+(:func:`benchmarks.common.run_paired_benchmark`), so ``ratio_to_rank0`` compares the same stretch of time on a
+shared machine.
 Run: ``pytest benchmarks/test_spike_history_bench.py --benchmark-only``.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 
 import pytest
 import torch
-from conftest import DEVICE, run_paired_benchmark
+from benchmarks.common import DEVICE, run_paired_benchmark
 
 from ldns_fast.spike_history import SpikeHistoryConfig, SpikeHistoryModel
 

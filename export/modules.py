@@ -21,7 +21,7 @@ from ldns_fast.models import Autoencoder, Denoiser
 from ldns_fast.run import LatentStats
 from ldns_fast.ssm import S4, kernel_spectrum, spectrum_conv, toeplitz, toeplitz_conv
 from ldns_fast.ssm.chunked import (
-    ChunkTables, chunk_operands, chunk_plan, chunk_shape, chunk_tables, padded_chunked_conv, steps_for,
+    ChunkTables, chunk_plan, chunk_shape, chunk_tables, padded_chunked_conv, steps_for,
 )
 from ldns_fast.ssm.diagonal import DiagonalFormError, diagonal_form
 
@@ -38,8 +38,8 @@ class DiagonalS4(nn.Module):
     ``direct``/``fft``: the kernel for any ``L`` is built from float64 ``w [n_kernels, H, M]`` and
     ``log mu [H, M]`` as a product of chunk anchors ``w mu^(q C)`` ``[.., M, L / C]`` with in-chunk powers
     ``mu^r`` ``[H, M, C]`` (exact phases: no ``sin(l theta)`` at large ``l`` in single precision).
-    ``chunked``: float32 :class:`~ldns_fast.ssm.chunked.ChunkTables`, and scan decays with enough doubling
-    steps for ``max_length`` bins.
+    ``chunked``: float32 :class:`~ldns_fast.ssm.chunked.ChunkTables`, and enough scan levels for
+    ``max_length`` bins.
     """
 
     def __init__(self, layer: S4, conv: str, max_length: int) -> None:
@@ -53,8 +53,9 @@ class DiagonalS4(nn.Module):
         self.conv = conv
         if conv == "chunked":
             self.steps = steps_for(max_length)
-            for name, table in chunk_tables(form).tensors().items():
-                self.register_buffer(name, table)
+            tables = chunk_tables(form)
+            for name in ("folded", "powers", "weights", "log_mu"):
+                self.register_buffer(name, getattr(tables, name).contiguous())
         else:
             self.register_buffer("w_re", form.w.real.clone())
             self.register_buffer("w_im", form.w.imag.clone())
@@ -81,11 +82,11 @@ class DiagonalS4(nn.Module):
 
     def conv_operand(self, L: int) -> object:
         """What the convolution needs for length ``L``: Toeplitz ``[H, L, L]``, spectrum ``[H, L + 1]`` or
-        :class:`~ldns_fast.ssm.chunked.ChunkOperands` with the :class:`~ldns_fast.ssm.chunked.ChunkPlan`
+        :class:`~ldns_fast.ssm.chunked.ChunkTables` with the :class:`~ldns_fast.ssm.chunked.ChunkPlan`
         for ``L``."""
         if self.conv == "chunked":
-            ops = chunk_operands(ChunkTables(self.taps, self.powers, self.weights, self.log_mu))
-            return ops, chunk_plan(ops, L, self.steps)
+            tables = ChunkTables(self.folded, self.powers, self.weights, self.log_mu)
+            return tables, chunk_plan(tables, L, self.steps)
         K = self.kernel(L)
         return toeplitz(K) if self.conv == "direct" else kernel_spectrum(K)
 
@@ -96,8 +97,8 @@ class DiagonalS4(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``u [B, H, L]``; ``chunked``: ``[B, H, C q]``, the prepared length padded to whole chunks."""
         if self.conv == "chunked":
-            ops, plan = self.operand
-            return padded_chunked_conv(u, ops, plan) + self.D[:, None] * u
+            tables, plan = self.operand
+            return padded_chunked_conv(u, tables, plan) + self.D[:, None] * u
         operand = self.operand if self.operand is not None else self.conv_operand(u.shape[-1])
         conv = toeplitz_conv if self.conv == "direct" else spectrum_conv
         return conv(u, operand, self.D)

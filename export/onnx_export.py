@@ -25,6 +25,7 @@ from ldns_fast.atomic import atomic_write
 from ldns_fast.pipeline import LDNS
 
 from ldns_fast.ssm.chunked import CHUNK, capacity, steps_for
+from ldns_fast.validation import is_integer
 
 from .errors import ExportError
 from .modules import CONV_MODES, KERNEL_CHUNK, Decoder, DenoiserStep, UnrolledSampler
@@ -34,8 +35,9 @@ FORMAT = "ldns_fast.onnx/1"
 # its L x L matrices then fit OnnxSampler's default bin budget (256^2 = 65,536), and a chunked graph
 # convolves such a trial as one chunk, the same product (benchmarks/results/long_recordings_cpu.md).
 DIRECT_MAX_LENGTH = 256
-# Chunked graphs hold enough doubling steps for at least this many bins (about 87 min at 5 ms; pass a
-# longer max_length for more); each further step doubles the capacity for seven small operations per S4 layer.
+# Chunked graphs hold enough scan levels for at least this many bins (about 87 min at 5 ms; pass a longer
+# max_length for more); each further level doubles the capacity for about fifteen small nodes per S4 layer
+# (they run on one state or none at shorter lengths).
 CHUNKED_MIN_CAPACITY = 1 << 20
 # Relative error allowed between onnxruntime and torch on the export's example inputs.
 EXPORT_TOLERANCE = 1e-4
@@ -75,13 +77,13 @@ def export_onnx(
     ``guidance_scale`` is fixed into the sampler graph.
     """
     ldns = model if isinstance(model, LDNS) else LDNS.load(model)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_integer(steps) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     max_length = ldns.n_bins if max_length is None else max_length
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+    if not is_integer(max_length) or max_length < 1:
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
     conv = choose_conv(conv, max_length)
-    if conv == "chunked":  # the exact capacity of the doubling steps it needs
+    if conv == "chunked":  # the exact capacity of the scan levels it needs
         max_length = capacity(steps_for(max(max_length, CHUNKED_MIN_CAPACITY)))
     out_dir = Path(out_dir)
     files = ExportedFiles(out_dir / SAMPLER_FILE, out_dir / DENOISER_FILE, out_dir / DECODER_FILE)
@@ -198,14 +200,18 @@ def _export(
 
 
 def _simplify(model: object) -> None:
-    """Inline, fold constants and remove what is unused or repeated, in place (an ``onnx_ir`` model).
+    """Drop node metadata, inline, fold constants and remove what is unused or repeated, in place (an
+    ``onnx_ir`` model).
 
     onnxscript's full optimizer also runs its pattern rewriter, whose cost grows with the square of the node
     count: minutes for an unrolled sampler of the chunked scan. onnxruntime fuses what it can when it loads
     the graph."""
     import onnx_ir.passes.common as common
+    from onnx_ir.traversal import RecursiveGraphIterator
     from onnxscript.optimizer import fold_constants_ir
 
+    for node in RecursiveGraphIterator(model.graph):  # the exporter's per-node stack traces: most of the file
+        node.metadata_props.clear()
     common.InlinePass()(model)
     fold_constants_ir(model, onnx_shape_inference=True)
     for simplify in (common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),

@@ -1,9 +1,9 @@
 """Input validation shared by every kernel backend: clear errors before any maths runs."""
 from __future__ import annotations
 
-import numbers
-
 import torch
+
+from ldns_fast.validation import is_integer
 
 
 def require_complex(name: str, t: object) -> torch.Tensor:
@@ -26,7 +26,7 @@ def require_finite(name: str, t: torch.Tensor) -> None:
 
 def require_length(L: object) -> int:
     """Return ``L`` as an int if it is a positive integer (``int`` or a numpy integer), else raise a ValueError."""
-    if isinstance(L, bool) or not isinstance(L, numbers.Integral) or L <= 0:
+    if not is_integer(L, numpy=True) or L <= 0:
         raise ValueError(f"L must be a positive integer, got {L!r}")
     return int(L)
 

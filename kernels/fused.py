@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from ldns_fast.validation import is_number
+
 from . import ops
 from .api import resolve_backend
 from .checks import same_device
@@ -97,7 +99,7 @@ def modulated_norm(
     _check_vector("scale", scale, B, C)
     if mask is not None:
         _check_mask(mask, B, L)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+    if not is_number(eps) or not 0 < eps < math.inf:
         raise ValueError(f"eps must be a positive finite number, got {eps!r}")
     tensors = dict(x=x, shift=shift, scale=scale)
     if mask is not None:

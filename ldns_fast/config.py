@@ -3,6 +3,8 @@
 ``RunConfig`` gathers the data source, both models, the noise schedule and the two training stages.
 Settings read from YAML or dicts are checked against each field's annotation (a typo or a value of the
 wrong type is a ValueError naming its key); ``1e-4`` reads as a number (YAML 1.2, not 1.1's string).
+The models' sizes that follow from the data (:data:`DATA_SIZES`) are filled in by :meth:`RunConfig.resolve`;
+a run's ``config.yaml`` holds the resolved config.
 Presets: ``"cpu"`` (the default: the small Lorenz set, S4D layers, weaker latent penalties and a
 v-predicting denoiser; trains in minutes on 2 cores)
 and ``"paper"`` (the published Lorenz configuration: 5000 x 256 x 128, DPLR S4, long training; GPU).
@@ -16,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Collection
 
 import yaml
 
@@ -24,20 +26,49 @@ from ldns_fast.data import LorenzConfig
 from ldns_fast.diffusion import NoiseSchedule
 from ldns_fast.models import AutoencoderConfig, DenoiserConfig
 from ldns_fast.spike_history import SpikeHistoryConfig
-from ldns_fast.validation import check_seed, require_positive_ints, require_reals
+from ldns_fast.validation import check_seed, is_integer, is_number, require_positive_ints, require_reals
+
+if TYPE_CHECKING:
+    from ldns_fast.data import SpikeData
 
 
 @dataclass
 class DataConfig:
-    """Where the spikes come from: ``source="lorenz"`` (a preset plus overrides) or an HDF5 path."""
+    """Where the spikes come from: ``source="lorenz"`` (the synthetic dataset ``lorenz``) or an HDF5 path.
+
+    ``lorenz`` holds every setting of the synthetic dataset. It starts from the Lorenz preset
+    ``lorenz_preset`` (``"small"`` or ``"paper"``): built without ``lorenz`` (or with ``None``), it is that
+    preset; the ``lorenz`` keys of a settings mapping or file apply on top of that preset (missing keys take
+    the preset's values, not ``LorenzConfig``'s defaults), and an override that names ``lorenz_preset``
+    (``--set data.lorenz_preset=paper``) starts ``lorenz`` afresh from it, with only that override's own
+    ``lorenz`` keys on top. ``lorenz`` may also be given as a mapping of such keys.
+    """
 
     source: str = "lorenz"
     lorenz_preset: str = "small"
-    lorenz: dict[str, Any] = field(default_factory=dict)
+    lorenz: LorenzConfig | None = None  # None: the preset's settings (always a LorenzConfig once built)
 
     def __post_init__(self) -> None:
-        if self.source == "lorenz":  # the preset and its overrides (types and values) make a valid dataset config
-            LorenzConfig.preset(self.lorenz_preset, **field_values(LorenzConfig, self.lorenz, "data.lorenz"))
+        try:
+            base = LorenzConfig.preset(self.lorenz_preset)
+        except ValueError as err:
+            raise ValueError(f"data.lorenz_preset: {err}") from None
+        if self.lorenz is None:
+            self.lorenz = base
+        elif isinstance(self.lorenz, dict):
+            self.lorenz = from_dict(LorenzConfig, {**dataclasses.asdict(base), **self.lorenz}, "data.lorenz")
+        elif not isinstance(self.lorenz, LorenzConfig):
+            raise ValueError(f"data.lorenz must be a LorenzConfig or a mapping, got {type(self.lorenz).__name__}")
+
+    @classmethod
+    def nested_defaults(cls, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Defaults of the nested sections of the settings mapping ``settings`` (see :func:`field_values`):
+        ``lorenz`` keys apply on top of the preset ``settings["lorenz_preset"]`` (default ``"small"``)."""
+        name = settings.get("lorenz_preset", cls.lorenz_preset)
+        try:
+            return {"lorenz": dataclasses.asdict(LorenzConfig.preset(name))}
+        except (TypeError, ValueError):
+            return {}  # not a preset name: __post_init__ says so
 
 
 @dataclass
@@ -67,7 +98,7 @@ class StageConfig:
         require_positive_ints(self, "epochs", "batch_size", "val_every", "checkpoint_every")
         for name in ("steps", "patience"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_integer(value) or value < 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be an integer >= 0, got {value!r}")
         require_reals(self, 0.0, math.inf, "lr", "grad_clip", open_low=True)
         require_reals(self, 0.0, math.inf, "weight_decay", "min_delta")
@@ -95,9 +126,24 @@ class DiffusionStageConfig(StageConfig):
         require_reals(self, 0.0, 1.0, "ema_max_decay", open_high=True)
 
 
+# The settings that follow from the data, each with what it must equal (the denoiser works on the
+# autoencoder's latents, so its latent size is the autoencoder's): filled in by RunConfig.resolve.
+DATA_SIZES = {
+    "autoencoder.n_neurons": "the data's number of neurons",
+    "denoiser.latent": "autoencoder.latent",
+    "denoiser.cond_dim": "the data's number of condition columns",
+    "denoiser.behavior_channels": "the data's number of behaviour channels",
+}
+
+
 @dataclass
 class RunConfig:
-    """Everything a training run needs; the models' data-dependent sizes are filled in from the data."""
+    """Everything a training run needs, the settings of every stage nested in one object.
+
+    The models' sizes that follow from the data (:data:`DATA_SIZES`) are filled in by :meth:`resolve`;
+    until then the values a preset holds for them are placeholders. ``spike_history.enabled`` says whether
+    training also fits the spike-history model (the train CLI's ``--spike-history``).
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -110,6 +156,38 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")
+
+    def data_sizes(self, data: SpikeData) -> dict[str, int]:
+        """The value of each setting of :data:`DATA_SIZES` for ``data`` (and this config's autoencoder)."""
+        return {
+            "autoencoder.n_neurons": int(data.n_neurons),
+            "denoiser.latent": self.autoencoder.latent,
+            "denoiser.cond_dim": 0 if data.conditions is None else int(data.conditions.shape[1]),
+            "denoiser.behavior_channels": 0 if data.behavior is None else int(data.behavior.shape[2]),
+        }
+
+    def resolve(self, data: SpikeData, chosen: Collection[str] = ()) -> RunConfig:
+        """A new config with the sizes that follow from ``data`` filled in; this one is left unchanged.
+
+        Sets ``autoencoder.n_neurons`` to the data's neurons, ``denoiser.latent`` to ``autoencoder.latent``,
+        ``denoiser.cond_dim`` to the columns of the data's per-trial ``conditions`` and
+        ``denoiser.behavior_channels`` to the channels of its ``behavior`` (0 for what the data lack). The
+        values this config holds for them are placeholders (a preset's), replaced, unless named in
+        ``chosen``, the dotted names of the settings a user set (a ``--config`` file's, ``--set``'s): a chosen
+        value is checked instead. Resolving a resolved config with the same data changes nothing.
+
+        Raises:
+            ValueError: a chosen value that contradicts the data, naming the setting and both values.
+        """
+        updates: dict[str, dict[str, Any]] = {}
+        for key, value in self.data_sizes(data).items():
+            section, name = key.split(".")
+            mine = getattr(getattr(self, section), name)
+            if key in chosen and mine != value:
+                raise ValueError(f"{key} is set to {mine!r}, but {DATA_SIZES[key]} is {value}; "
+                                 f"drop the setting to take that value")
+            updates.setdefault(section, {})[name] = value
+        return merge(self, updates)
 
 
 def preset(name: str) -> RunConfig:
@@ -157,7 +235,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
 
 def field_values(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     """``data`` as keyword arguments of the dataclass ``cls``: nested dataclasses built, lists made tuples
-    and integers made floats where the annotation asks; a ValueError naming ``where.key`` otherwise."""
+    and integers made floats where the annotation asks; a ValueError naming ``where.key`` otherwise.
+
+    A ``cls`` with a ``nested_defaults(data)`` classmethod (:class:`DataConfig`) gives the defaults of some
+    nested sections: their keys in ``data`` apply on top of those defaults, not of the nested class's own."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -165,7 +246,13 @@ def field_values(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; valid keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    return {name: _typed(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    # nested sections whose defaults depend on another setting of the mapping (e.g. data.lorenz on its preset)
+    defaults = cls.nested_defaults(data) if hasattr(cls, "nested_defaults") else {}
+    return {
+        name: _typed({**defaults[name], **value} if name in defaults and isinstance(value, dict) else value,
+                     hints[name], f"{where}.{name}")
+        for name, value in data.items()
+    }
 
 
 def _typed(value: Any, hint: Any, where: str) -> Any:
@@ -180,7 +267,7 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
         return _typed(value, hint, where)
     if hint is Any:
         return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if hint is float and is_number(value):
         return float(value)
     if hint in (int, bool, str) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
@@ -202,17 +289,38 @@ def _describe(hint: Any) -> str:
     return "a mapping" if origin is dict else str(hint)
 
 
+def update_nested(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested dict ``base`` with the keys of ``update`` set, recursing where both hold a dict."""
+    out = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = update_nested(base[key], value) if nested else value
+    return out
+
+
+def setting_names(settings: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted name of every setting (leaf) of the nested dict ``settings``, e.g. ``{"autoencoder.hidden"}``."""
+    names: set[str] = set()
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            names |= setting_names(value, f"{prefix}{key}.")
+        else:
+            names.add(f"{prefix}{key}")
+    return names
+
+
 def merge(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """``config`` with nested ``overrides`` applied (e.g. ``{"autoencoder": {"hidden": 64}}``)."""
+    """``config`` with nested ``overrides`` applied (e.g. ``{"autoencoder": {"hidden": 64}}``).
 
-    def deep_update(base: dict, upd: dict) -> dict:
-        out = dict(base)
-        for key, value in upd.items():
-            nested = isinstance(value, dict) and isinstance(base.get(key), dict)
-            out[key] = deep_update(base[key], value) if nested else value
-        return out
-
-    return from_dict(RunConfig, deep_update(to_dict(config), overrides))
+    Overrides naming ``data.lorenz_preset`` start ``data.lorenz`` afresh from that preset (:class:`DataConfig`).
+    """
+    if not isinstance(overrides, dict):
+        raise ValueError(f"config overrides must be a mapping, got {type(overrides).__name__}")
+    base = to_dict(config)
+    data = overrides.get("data")
+    if isinstance(data, dict) and "lorenz_preset" in data:
+        base["data"]["lorenz"] = {}
+    return from_dict(RunConfig, update_nested(base, overrides))
 
 
 class _Loader(yaml.SafeLoader):
@@ -231,14 +339,23 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain values only
 
 
-def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
-    """Read a YAML file of (possibly partial) settings on top of ``base`` (default: the cpu preset)."""
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The nested settings of a YAML config file (possibly partial; may name a ``preset``)."""
     path = Path(path)
     try:
         data = parse_yaml(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"cannot read config {path}: {err}") from err
-    name = data.pop("preset", None) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Read a YAML file of (possibly partial) settings on top of ``base`` (default: the file's ``preset``,
+    else the cpu preset; with ``base`` the file's ``preset`` is ignored)."""
+    data = read_settings(path)
+    name = data.pop("preset", None)
     return merge(base or preset(name or "cpu"), data)
 
 

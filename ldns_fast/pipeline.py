@@ -24,7 +24,7 @@ from ldns_fast.spike_history import SpikeHistoryConfig, SpikeHistoryModel
 from ldns_fast.run import (
     AUTOENCODER_DIGEST, AUTOENCODER_FILE, DIFFUSION_FILE, SPIKE_HISTORY_FILE, LatentStats, weights_digest,
 )
-from ldns_fast.validation import check_conditions, check_device, check_seed
+from ldns_fast.validation import check_conditions, check_device, check_seed, is_integer, is_number
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -210,9 +210,9 @@ class LDNS:
             raise ValueError("this run has no spike-history model; train it with --spike-history")
         n, lengths = self._lengths(n, length, lengths)
         for name, value in (("batch_size", batch_size), ("max_bins", max_bins)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+        if not is_number(guidance_scale) \
                 or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
         conditions, behavior = self._check_conditions(n, int(lengths.max()), conditions, behavior)
@@ -264,12 +264,12 @@ class LDNS:
     def _lengths(self, n: int, length: int | None, lengths: object) -> tuple[int, torch.Tensor]:
         """Validated ``n`` and per-trial lengths ``[n]`` (int64): ``lengths``, else ``length`` (default
         the training length) for every trial."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        if not is_integer(n, numpy=True) or n < 1:
             raise ValueError(f"n must be a positive number of trials, got {n!r}")
         n = int(n)
         if lengths is None:
             length = self.n_bins if length is None else length
-            if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+            if not is_integer(length, numpy=True) or length < 1:
                 raise ValueError(f"length must be a positive integer number of bins, got {length!r}")
             return n, torch.full((n,), int(length), dtype=torch.long)
         values = lengths.cpu().numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)
@@ -424,10 +424,10 @@ def _as_float_tensor(name: str, x: object) -> torch.Tensor:
 def _data_scales(record: dict) -> tuple[float, int]:
     """The checkpoint's ``bin_width`` (positive finite seconds) and training length ``n_bins`` (positive int)."""
     bin_width, n_bins = record["bin_width"], record["n_bins"]
-    if isinstance(bin_width, bool) or not isinstance(bin_width, (int, float)) \
+    if not is_number(bin_width) \
             or not (math.isfinite(bin_width) and bin_width > 0):
         raise ValueError(f"bin_width must be a positive finite number of seconds, got {bin_width!r}")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+    if not is_integer(n_bins) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     return float(bin_width), n_bins
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ldns_fast.config import RunConfig
-from ldns_fast.data import LorenzConfig, SpikeData, load_lorenz, read_dataset, to_tensors
+from ldns_fast.data import SpikeData, load_lorenz, read_dataset, to_tensors
 
 AUTOENCODER_FILE = "autoencoder.pt"
 DIFFUSION_FILE = "diffusion.pt"
@@ -58,7 +58,7 @@ def load_data(run: RunConfig) -> SpikeData:
     """The run's dataset: the cached Lorenz preset or a user HDF5 file (validated on read)."""
     source = run.data.source
     if source == "lorenz":
-        source = load_lorenz(LorenzConfig.preset(run.data.lorenz_preset, **run.data.lorenz))
+        source = load_lorenz(run.data.lorenz)
     return read_dataset(source)
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldns_fast.validation import is_integer
+
 _COUPLING = ("coupling_u", "coupling_g", "coupling_v")
 _LINE_SEARCH_EVALS = 25  # most objective evaluations per LBFGS iteration (its line search included)
 
@@ -34,7 +36,9 @@ class SpikeHistoryConfig:
     """History length ``K``, history count clip, L2 penalty on ``h`` and LBFGS iterations.
 
     ``coupling_rank`` ``R`` (0: none) and ``coupling_history`` ``K_c`` (lags) shape the low-rank coupling
-    between neurons; ``coupling_l2`` penalises its factors ``U, g, V``.
+    between neurons; ``coupling_l2`` penalises its factors ``U, g, V``. ``enabled``: whether a training run
+    fits the model after the autoencoder (``RunConfig.spike_history``; the train CLI's ``--spike-history``
+    sets it); the model itself ignores it.
     """
 
     history: int = 20
@@ -44,6 +48,7 @@ class SpikeHistoryConfig:
     coupling_rank: int = 0
     coupling_history: int = 5
     coupling_l2: float = 1e-4
+    enabled: bool = False
 
 
 def _causal_filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -74,9 +79,9 @@ class SpikeHistoryModel(nn.Module):
         for name, value in (
             ("n_neurons", n_neurons), ("history", history), ("clip", clip), ("coupling_history", coupling_history)
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(coupling_rank, bool) or not isinstance(coupling_rank, int) or not 0 <= coupling_rank <= n_neurons:
+        if not is_integer(coupling_rank) or not 0 <= coupling_rank <= n_neurons:
             raise ValueError(f"coupling_rank must be an integer in [0, n_neurons={n_neurons}], got {coupling_rank!r}")
         self.h = nn.Parameter(torch.zeros(n_neurons, history))
         self.w = nn.Parameter(torch.ones(n_neurons))

@@ -10,8 +10,11 @@ Examples::
     torchrun --nproc_per_node 4 -m ldns_fast.train --preset paper --device cuda --out runs/ddp
 
 Settings come from ``--preset`` (``cpu`` by default), then ``--config`` (YAML, partial allowed), then
-flags and ``--set section.key=value`` overrides. The full configuration, with the sizes read from the
-data, is written to ``OUT/config.yaml`` before training starts and is the run's source of truth:
+flags and ``--set section.key=value`` overrides. The models' sizes that follow from the data (neurons,
+the denoiser's latent size, condition and behaviour widths) are then filled in by ``RunConfig.resolve``: a
+preset's values for them are placeholders, while one set by ``--config`` or ``--set`` must agree with the
+data (an error otherwise). ``--spike-history`` is ``--set spike_history.enabled=true``. The full, resolved
+configuration is written to ``OUT/config.yaml`` before training starts and is the run's source of truth:
 ``--resume`` starts from it (flags may repeat a setting, not change it), and ``--config OUT/config.yaml``
 repeats the run (bitwise on CPU: every random draw follows from ``seed``).
 
@@ -39,8 +42,10 @@ import yaml
 from ldns_fast.atomic import check_output_dir, write_json
 from ldns_fast.checkpoint import load_checkpoint, save_yaml
 from ldns_fast.cli import Parser, clear_errors
-from ldns_fast.config import RunConfig, describe_differences, load_config, merge, parse_yaml, preset, to_dict
-from ldns_fast.data import SpikeData
+from ldns_fast.config import (
+    RunConfig, describe_differences, load_config, merge, parse_yaml, preset, read_settings, setting_names, to_dict,
+    update_nested,
+)
 from ldns_fast.lock import exclusive_lock
 from ldns_fast.models import Autoencoder, Denoiser
 from ldns_fast.quality import autoencoder_report, format_report
@@ -78,12 +83,10 @@ def parse_overrides(items: Sequence[str]) -> dict:
     return out
 
 
-def build_config(args: argparse.Namespace, stored: RunConfig | None = None) -> RunConfig:
-    """Base (``--preset``, else the resumed run's ``stored`` config, else the cpu preset) -> YAML file ->
-    flags -> ``--set`` overrides."""
-    config = preset(args.preset or "cpu") if stored is None or args.preset else stored
-    if args.config:
-        config = load_config(args.config, config)
+def settings_layers(args: argparse.Namespace) -> list[dict]:
+    """The settings the command line gives, in the order they apply: the ``--config`` file's (its ``preset``
+    key dropped), the flags' and the ``--set`` overrides'."""
+    file = {k: v for k, v in read_settings(args.config).items() if k != "preset"} if args.config else {}
     flags: dict = {}
     if args.data:
         flags.setdefault("data", {})["source"] = str(args.data.expanduser().resolve())
@@ -96,16 +99,27 @@ def build_config(args: argparse.Namespace, stored: RunConfig | None = None) -> R
             flags.setdefault(section, {}).update(epochs=epochs, steps=0)
         if steps is not None:
             flags.setdefault(section, {})["steps"] = steps
-    return merge(merge(config, flags), parse_overrides(args.set))
+    if args.spike_history:
+        flags["spike_history"] = {"enabled": True}
+    return [file, flags, parse_overrides(args.set)]
 
 
-def with_data_sizes(config: RunConfig, data: SpikeData) -> RunConfig:
-    """``config`` with the models' data-dependent sizes (neurons, latent, conditions) read from ``data``."""
-    return merge(config, {"autoencoder": {"n_neurons": data.n_neurons}, "denoiser": {
-        "latent": config.autoencoder.latent,
-        "cond_dim": 0 if data.conditions is None else int(data.conditions.shape[1]),
-        "behavior_channels": 0 if data.behavior is None else int(data.behavior.shape[2]),
-    }})
+def build_config(args: argparse.Namespace, stored: RunConfig | None = None) -> RunConfig:
+    """Base (``--preset``, else the resumed run's ``stored`` config, else the cpu preset) -> YAML file ->
+    flags -> ``--set`` overrides. The data-derived sizes are not resolved yet (:meth:`RunConfig.resolve`)."""
+    config = preset(args.preset or "cpu") if stored is None or args.preset else stored
+    for layer in settings_layers(args):
+        config = merge(config, layer)
+    return config
+
+
+def chosen_settings(args: argparse.Namespace) -> set[str]:
+    """Dotted names of the settings the command line sets (``--config`` file, flags, ``--set``): the
+    data-derived sizes among them must agree with the data (:meth:`RunConfig.resolve`)."""
+    given: dict = {}
+    for layer in settings_layers(args):
+        given = update_nested(given, layer)
+    return setting_names(given)
 
 
 def parser() -> Parser:
@@ -131,7 +145,8 @@ def parser() -> Parser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set autoencoder.hidden=64 (repeatable)")
     p.add_argument("--spike-history", action="store_true",
-                   help="also fit the spike-history observation model on the autoencoder's rates")
+                   help="also fit the spike-history observation model on the autoencoder's rates "
+                        "(= --set spike_history.enabled=true; settings: --set spike_history.KEY=VALUE)")
     p.add_argument("--log", default="csv", choices=["csv", "tensorboard"],
                    help="OUT/metrics.csv always; tensorboard: also event files in OUT/tensorboard "
                         "(pip install 'ldns_fast[tensorboard]')")
@@ -145,12 +160,12 @@ def _stored_config(out: Path) -> RunConfig | None:
     return load_config(path, RunConfig()) if path.is_file() else None
 
 
-def _check_settings(config: RunConfig, spike_history: bool) -> None:
+def _check_settings(config: RunConfig) -> None:
     """Build the models once (then dropped) so a bad model setting is refused before anything is written."""
     with torch.random.fork_rng(devices=[]):
         Autoencoder(config.autoencoder)
         Denoiser(config.denoiser)
-        if spike_history:
+        if config.spike_history.enabled:
             SpikeHistoryModel.from_config(config.autoencoder.n_neurons, config.spike_history)
 
 
@@ -208,10 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stored = _stored_config(out) if args.resume else None
         config = build_config(args, stored)
         data = load_data(config)
-        config = with_data_sizes(config, data)
-        _check_settings(config, args.spike_history)
+        config = config.resolve(data, chosen_settings(args))  # what config.yaml and the checkpoints hold
+        _check_settings(config)
         if stored is not None:
-            _check_resumed_settings(with_data_sizes(stored, data), config, out)
+            _check_resumed_settings(stored.resolve(data), config, out)
         log = TrainingLog(out, console=not (progress and sys.stdout.isatty()), tensorboard=args.log == "tensorboard")
     ctx = distributed_context(args.device)
     started = time.perf_counter()
@@ -234,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quality = autoencoder_report(autoencoder, data, ctx.device, seed=config.seed)
             write_json(quality, out / AUTOENCODER_REPORT_FILE)
             print(format_report(quality), flush=True)
-            if args.spike_history:
+            if config.spike_history.enabled:
                 _, losses = fit_spike_history(autoencoder, data, out, ctx.device, config.spike_history)
                 report["spike_history"] = {"nll": losses[-1]}
         if ctx.world_size > 1:

@@ -44,11 +44,31 @@ def check_conditions(
             raise ValueError(f"{name} contain NaN or infinite values")
 
 
+def is_integer(value: object, numpy: bool = False) -> bool:
+    """Whether ``value`` is an integer: a Python ``int`` (or, with ``numpy``, any integral type such as
+    ``np.int64``), never a ``bool``."""
+    import numbers
+
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral if numpy else int)
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a Python ``int`` or ``float`` (not a ``bool``; finiteness is the caller's check)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def require_even_state(value: object, name: str) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is an even integer >= 2 (an SSM state size: its
+    modes come in conjugate pairs)."""
+    if not is_integer(value) or value < 2 or value % 2:
+        raise ValueError(f"{name} must be an even integer >= 2, got {value!r}")
+
+
 def require_positive_ints(config: object, *names: str) -> None:
     """Raise a ValueError naming ``Type.field`` unless each named field of ``config`` is an int >= 1."""
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
 
 
@@ -59,7 +79,7 @@ def require_reals(
     in ``[low, high]`` (an open end with ``open_low`` / ``open_high``)."""
     for name in names:
         value = getattr(config, name)
-        real = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        real = is_number(value) and math.isfinite(value)
         above = real and (low < value if open_low else low <= value)
         if not (above and (value < high if open_high else value <= high)):
             bounds = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high or high == math.inf else ']'}"
@@ -81,7 +101,7 @@ def check_seed(seed: object, name: str = "seed") -> int:
     """``seed`` as an int in ``[0, 2**64)``, the range torch and numpy generators agree on; else a ValueError."""
     import numpy as np
 
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+    if not is_integer(seed, numpy=True) or not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"{name} must be an integer in [0, 2**64), got {seed!r}")
     return int(seed)
 

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import backend_param
 from torch import nn
 
-from ldns_fast.kernels import backend_status, ops
+from ldns_fast.kernels import ops
 from ldns_fast.models.autoencoder import S4Block
 from ldns_fast.models.denoiser import DenoiserBlock
-
-
-def backend_param(name: str):
-    ok, why = backend_status(name, "cpu")
-    return pytest.param(name, marks=pytest.mark.skipif(not ok, reason=f"{name} unavailable: {why}"))
 
 
 def complex_input(*shape: int, seed: int, decay: bool = False) -> torch.Tensor:

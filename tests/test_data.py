@@ -20,8 +20,6 @@ from ldns_fast.data import (
     DataFormatError,
     DatasetWriter,
     LorenzConfig,
-    SpikeData,
-    SpikeDataset,
     load_lorenz,
     pad_trials,
     random_split,
@@ -451,31 +449,6 @@ def test_split_subsets_partition_the_trials(tmp_path: Path) -> None:
         assert (part.split_codes == code).all() and part.bin_width == data.bin_width
     with pytest.raises(ValueError, match="split name"):
         data.split("training")
-
-
-def test_dataset_items_and_batches(tmp_path: Path) -> None:
-    arrays = make_arrays(n=12, t=10, neurons=4)
-    data: SpikeData = read_dataset(write_dataset(tmp_path / "d.h5", bin_width=0.01, **arrays))
-    dataset = SpikeDataset(data, split="train")
-    train = arrays["split"] == 0
-    assert len(dataset) == int(train.sum())
-    item = dataset[1]
-    assert set(item) == {"spikes", "mask", "length", "behavior", "conditions", "rates", "latents"}
-    assert item["spikes"].shape == (4, 10) and item["mask"].shape == (10,)
-    assert item["behavior"].shape == (2, 10) and item["conditions"].shape == (3,)
-    assert item["latents"].shape == (3, 10) and int(item["length"]) == arrays["lengths"][train][1]
-    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3)))
-    assert batch["spikes"].shape == (3, 4, 10) and batch["length"].shape == (3,)
-    assert len(SpikeDataset(data)) == 12
-
-
-def test_lorenz_file_feeds_the_dataset(tmp_path: Path) -> None:
-    data = read_dataset(load_lorenz(TINY, cache_dir=tmp_path))
-    dataset = SpikeDataset(data, split="test")
-    assert len(dataset) == round(0.2 * TINY.n_trials)
-    assert dataset[0]["spikes"].shape == (TINY.n_neurons, TINY.n_bins)
-    assert dataset.tensors.mask.eq(1).all()
-
 
 
 def test_variable_length_lorenz_keeps_every_trial_with_zero_padding(tmp_path: Path) -> None:

@@ -12,25 +12,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import backend_param, rel_err
 from torch import nn
 
-from ldns_fast.kernels import BackendUnavailableError, backend_status, gelu_gate_residual, modulated_norm
+from ldns_fast.kernels import BackendUnavailableError, gelu_gate_residual, modulated_norm
 from ldns_fast.kernels import triton_backend
 from ldns_fast.models.layers import ChannelNorm, PointwiseMLP, apply_mask
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 
 
-def backend_param(name: str):
-    ok, why = backend_status(name, "cpu")
-    return pytest.param(name, marks=pytest.mark.skipif(not ok, reason=f"{name} unavailable: {why}"))
-
-
 BACKENDS = ["torch", backend_param("triton")]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.detach().double() - ref.detach()).norm() / ref.detach().norm())
 
 
 def ref_modulated_norm(x, shift, scale, mask=None, eps=1e-5):

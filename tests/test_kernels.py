@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import backend_param, rel_err
 
 from ldns_fast.kernels import (
     BACKENDS,
     BackendUnavailableError,
-    backend_status,
     cauchy_kernel,
     cauchy_naive,
     vandermonde_kernel,
@@ -22,16 +22,7 @@ from ldns_fast.kernels import (
 from ldns_fast.kernels.api import resolve_backend
 
 
-def backend_param(name: str):
-    ok, why = backend_status(name, "cpu")
-    return pytest.param(name, marks=pytest.mark.skipif(not ok, reason=f"{name} unavailable: {why}"))
-
-
 ALL = [backend_param(b) for b in BACKENDS]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.detach().to(ref.dtype) - ref.detach()).norm() / ref.detach().norm())
 
 
 def tolerance(L: int, dtype: torch.dtype) -> float:

@@ -1,4 +1,5 @@
-"""The stage loop's budget, early stopping and best-weights rule, and their exact resume."""
+"""The stage loop's budget, early stopping and best-weights rule, and their exact resume (on a toy model and
+on an autoencoder, whose resumed run must equal an uninterrupted one)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from ldns_fast.checkpoint import load_checkpoint
+from ldns_fast.checkpoint import CheckpointError, load_checkpoint
 from ldns_fast.config import StageConfig
+from ldns_fast.models import Autoencoder, AutoencoderConfig, autoencoder_loss
 from ldns_fast.training.loop import DistributedContext, StageTrainer, epoch_generator
 
 
@@ -119,3 +121,60 @@ def test_any_seed_below_2_to_the_64_trains(tmp_path: Path) -> None:
     # ... as torch wraps negative seeds: the validation stream of seed 0 (epoch -1) is the one runs always had
     stream = epoch_generator(0, -1, 0, torch.device("cpu"))
     assert torch.equal(torch.rand(4, generator=stream), torch.rand(4, generator=torch.Generator().manual_seed(-7919)))
+
+
+# ---------------------------------------------------------------- exact resume of a real model
+
+
+def tiny_trainer(path: Path, epochs: int, config: AutoencoderConfig) -> StageTrainer:
+    from ldns_fast.config import StageConfig
+
+    torch.manual_seed(0)
+    model = Autoencoder(config)
+    return StageTrainer(
+        "autoencoder", model, lambda m, b, g: autoencoder_loss(m, config, b["spikes"], b["mask"], g),
+        StageConfig(epochs=epochs, batch_size=8), path, {"epochs": epochs}, seed=5,
+        context=DistributedContext(), ema=(0.99, 2 / 3), progress=False,
+    )
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    config = AutoencoderConfig(n_neurons=6, hidden=8, latent=4, n_blocks=1, d_state=4, ssm_mode="diag", backend="torch")
+    g = torch.Generator().manual_seed(1)
+    train = {"spikes": torch.poisson(torch.rand(20, 6, 16, generator=g), generator=g), "mask": torch.ones(20, 16)}
+
+    straight = tiny_trainer(tmp_path / "a.pt", 3, config)
+    straight.fit(train, None)
+
+    class Killed(Exception):
+        pass
+
+    interrupted = tiny_trainer(tmp_path / "b.pt", 3, config)
+
+    def save_then_die_after_epoch_1(epoch: int, complete: bool) -> None:
+        StageTrainer._save(interrupted, epoch, complete)
+        if epoch == 1:
+            raise Killed
+
+    interrupted._save = save_then_die_after_epoch_1
+    with pytest.raises(Killed):
+        interrupted.fit(train, None)
+
+    resumed = tiny_trainer(tmp_path / "b.pt", 3, config)
+    assert resumed.resume() is False and resumed.start_epoch == 2
+    resumed.fit(train, None)
+
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.ema.shadow.parameters(), resumed.ema.shadow.parameters()):
+        assert torch.equal(a, b)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
+    config = AutoencoderConfig(n_neurons=6, hidden=8, latent=4, n_blocks=1, d_state=4, ssm_mode="diag")
+    trainer = tiny_trainer(tmp_path / "a.pt", 1, config)
+    trainer.fit({"spikes": torch.zeros(4, 6, 8), "mask": torch.ones(4, 8)}, None)
+    other = tiny_trainer(tmp_path / "a.pt", 2, config)
+    with pytest.raises(CheckpointError, match=r"written with other settings \(epochs: 1 in the checkpoint, 2 in this run\)"):
+        other.resume()

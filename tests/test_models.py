@@ -651,3 +651,25 @@ def test_conditional_denoiser_dropped_conditions_equal_the_unconditional_model()
     torch.testing.assert_close(dropped_behavior, only_cond, rtol=0, atol=0)
     with pytest.raises(ValueError, match="cond_drop"):
         DenoiserConfig(cond_drop=1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiled autoencoder (the training loop's ``compile`` option)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager() -> None:
+    config = AutoencoderConfig(n_neurons=6, hidden=8, latent=4, n_blocks=1, d_state=4, ssm_mode="diag", backend="torch")
+    torch.manual_seed(0)
+    model = Autoencoder(config)
+    spikes = torch.poisson(torch.rand(4, 6, 16))
+    mask = torch.ones(4, 16)
+    eager = autoencoder_loss(model, config, spikes, mask, torch.Generator().manual_seed(3))
+    compiled_model = torch.compile(model)
+    compiled = autoencoder_loss(compiled_model, config, spikes, mask, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(compiled["loss"], eager["loss"], rtol=1e-5, atol=1e-6)
+    g_eager = torch.autograd.grad(eager["loss"], list(model.parameters()))
+    g_compiled = torch.autograd.grad(compiled["loss"], list(model.parameters()))
+    for a, b in zip(g_eager, g_compiled):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

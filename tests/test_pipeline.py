@@ -1,5 +1,6 @@
 """The public API of a trained run (:mod:`ldns_fast.pipeline`) under bad input: clear errors for bad
-arrays, devices and checkpoints, counts never wrapped, sampling batched within a bin budget."""
+arrays, devices, checkpoints and non-finite latents, counts never wrapped, sampling batched within a bin
+budget; compiled sampling equal to eager on one bucketed shape."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from ldns_fast.checkpoint import CheckpointError
+from ldns_fast.config import merge, preset
 from ldns_fast.data import DataFormatError
+from ldns_fast.models import Autoencoder, Denoiser
 from ldns_fast.pipeline import LDNS, Samples
 
 
@@ -132,3 +135,53 @@ def test_sampling_batches_stay_within_the_bin_budget(model: LDNS, monkeypatch: p
 def test_sample_refuses_bad_settings(model: LDNS, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         model.sample(2, **kwargs)
+
+
+def tiny_model(seed: int = 0) -> LDNS:
+    """An LDNS with random weights (no training): 1 denoiser block of 16 channels, latent 4."""
+    torch.manual_seed(seed)
+    config = merge(preset("cpu"), {
+        "autoencoder": {"n_neurons": 12, "hidden": 16, "latent": 4, "n_blocks": 1, "d_state": 8},
+        "denoiser": {"latent": 4, "hidden": 16, "n_blocks": 1, "d_state": 8, "time_features": 32},
+    })
+    autoencoder, denoiser = Autoencoder(config.autoencoder), Denoiser(config.denoiser)
+    with torch.no_grad():
+        for p in denoiser.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return LDNS(config, autoencoder, denoiser, torch.randn(4), torch.rand(4) + 0.5, bin_width=0.01, n_bins=24)
+
+
+def test_sampling_reports_non_finite_latents() -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        model.denoiser.out.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite latents"):
+        model.sample(2, length=6, steps=2, seed=0)
+
+
+@pytest.mark.slow
+def test_compiled_sampling_matches_eager_on_valid_bins_with_one_bucketed_shape(monkeypatch) -> None:
+    """Trials of lengths 30, 5 | 18 in batches of 2 all reach the compiled denoiser as [2, 4, 64]."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model()
+    compiled, shapes = model._compiled(), []
+
+    def recording(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        shapes.append(tuple(x.shape))
+        return compiled(x, *args, **kwargs)
+
+    monkeypatch.setattr(model, "_compiled", lambda: recording)
+    lengths = [30, 5, 18]
+    fast = model.sample(3, lengths=lengths, steps=3, seed=1, batch_size=2, compile=True)
+    eager = model.sample(3, lengths=lengths, steps=3, seed=1, batch_size=2)
+    assert set(shapes) == {(2, 4, 64)} and len(shapes) == 6
+    # Float32 rounding only (FFT sizes differ with the padded length; the compiler reorders reductions).
+    torch.testing.assert_close(fast.latents, eager.latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.rates, eager.rates, rtol=1e-4, atol=1e-4)
+    assert fast.latents.std() > 0.1
+    for i, n in enumerate(lengths):
+        assert not fast.latents[i, :, n:].any() and not fast.rates[i, :, n:].any()
+    graphs = counters["stats"]["unique_graphs"]
+    model.sample(3, lengths=[64, 1, 40], steps=2, seed=2, batch_size=2, compile=True)
+    assert counters["stats"]["unique_graphs"] == graphs  # other lengths, same bucket: nothing recompiled

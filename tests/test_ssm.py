@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import rel_err
 
 import ldns_fast.ssm.diagonal as diagonal_module
 import ldns_fast.ssm.s4 as s4_module
@@ -21,7 +22,6 @@ from ldns_fast.ssm import (
     DiagonalFormError,
     DiagonalKernel,
     DPLRKernel,
-    chunk_operands,
     chunk_tables,
     chunked_conv,
     diagonal_form,
@@ -34,10 +34,6 @@ from ldns_fast.ssm import (
 from ldns_fast.ssm.chunked import CHUNK, chunk_plan
 
 DPLR_LENGTHS = [1, 2, 7, 16, 33, 64, 100]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out - ref).detach().norm() / ref.detach().norm())
 
 
 def full_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -301,7 +297,7 @@ CHUNK_LENGTHS = [1, 2, 7, 127, 128, 129, 256, 257, 1000, 2003]
 
 def conv_layer(mode: str, bidirectional: bool, H: int = 3, N: int = 8, slow_channel: bool = False) -> S4:
     """A float32 layer with perturbed parameters; ``slow_channel``: channel 0 gets ``dt = 1e-4``, so its
-    modes decay over about 10^4 bins (the state is carried across many chunks and doubling steps)."""
+    modes decay over about 10^4 bins (the state is carried across many chunks and scan levels)."""
     torch.manual_seed(21)
     layer = S4(H, N, mode=mode, bidirectional=bidirectional, backend="torch")
     perturb_(layer)
@@ -324,16 +320,16 @@ def test_chunked_conv_matches_float64_direct_convolution(mode: str, bidirectiona
     layer = conv_layer(mode, bidirectional)
     form = diagonal_form(layer.kernel)
     D = layer.D.detach().double()
-    ops64 = chunk_operands(chunk_tables(form, chunk=chunk, dtype=torch.float64))
-    ops32 = chunk_operands(chunk_tables(form, chunk=chunk))
+    tables64 = chunk_tables(form, chunk=chunk, dtype=torch.float64)
+    tables32 = chunk_tables(form, chunk=chunk)
     gen = torch.Generator().manual_seed(1)
-    for L in CHUNK_LENGTHS:  # chunks of 4 bins: up to 501 chunks, 9 doubling steps
+    for L in CHUNK_LENGTHS:  # chunks of 4 bins: up to 500 chunks, 8 scan levels
         u = torch.randn(2, 3, L, dtype=torch.float64, generator=gen)
         # The algorithm is exact: float64 operands reproduce the direct sum of the diagonal form's kernel.
-        got = chunked_conv(u, ops64, D)
+        got = chunked_conv(u, tables64, D)
         assert rel_err(got, direct_conv(u, form.kernel(L), D)) < 1e-11, L
         # float32, against the layer's own kernel (the diagonal form of a DPLR kernel is exact to 1e-6).
-        y = chunked_conv(u.float(), ops32, D.float())
+        y = chunked_conv(u.float(), tables32, D.float())
         assert y.dtype == torch.float32 and rel_err(y.double(), direct_conv(u, kernel64(layer, L), D)) < 1e-5, L
 
 
@@ -341,14 +337,14 @@ def test_chunked_conv_matches_float64_direct_convolution(mode: str, bidirectiona
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_chunked_conv_is_exact_on_long_sequences(mode: str, bidirectional: bool) -> None:
     layer = conv_layer(mode, bidirectional, H=2, N=4, slow_channel=True)
-    ops = chunk_operands(chunk_tables(diagonal_form(layer.kernel)))
+    tables = chunk_tables(diagonal_form(layer.kernel))
     D = layer.D.detach()
     gen = torch.Generator().manual_seed(2)
     for L in (19_997, 20_000):
         u = torch.randn(1, 2, L, dtype=torch.float64, generator=gen)
         k = kernel64(layer, L)
         want = fft_conv(u, k, D.double())
-        got = chunked_conv(u.float(), ops, D)
+        got = chunked_conv(u.float(), tables, D)
         assert rel_err(got.double(), want) < 1e-5, L
         assert rel_err(got[:, 0].double(), want[:, 0]) < 1e-5, L  # the slowly decaying channel alone
         assert rel_err(fft_conv(u.float(), k.float(), D).double(), want) < 1e-4  # float32 FFT: same class
@@ -418,21 +414,21 @@ def test_chunked_operands_are_cached_per_weights(monkeypatch: pytest.MonkeyPatch
 
 def test_chunked_conv_rejects_bad_arguments() -> None:
     form = diagonal_form(conv_layer("diag", bidirectional=False).kernel)
-    ops = chunk_operands(chunk_tables(form, chunk=4))
+    tables = chunk_tables(form, chunk=4)
     with pytest.raises(ValueError, match=r"u must be a tensor of shape \[B, H=3, L\]"):
-        chunked_conv(torch.randn(2, 4, 10), ops)
-    plan = chunk_plan(ops, 20, steps=2)  # 5 chunks of 4 bins: 4 states, shifts 1 and 2
-    with pytest.raises(ValueError, match=r"24 bins need 3 scan steps; this chunk plan has 2 \(up to 23 bins\)"):
-        chunked_conv(torch.randn(1, 3, 24), ops, plan=chunk_plan(ops, 24, steps=2))
+        chunked_conv(torch.randn(2, 4, 10), tables)
+    plan = chunk_plan(tables, 20, steps=2)  # 5 chunks of 4 bins: 4 states, two scan levels
+    with pytest.raises(ValueError, match=r"36 bins need 3 scan steps; this chunk plan has 2 \(up to 35 bins\)"):
+        chunked_conv(torch.randn(1, 3, 36), tables, plan=chunk_plan(tables, 36, steps=2))
     with pytest.raises(ValueError, match="a chunk plan for 20 bins does not fit a sequence of 9 bins"):
-        chunked_conv(torch.randn(1, 3, 9), ops, plan=plan)  # 9 bins: 2 chunks of 5 bins, not 5 of 4
-    assert chunked_conv(torch.randn(1, 3, 20), ops, plan=plan).shape == (1, 3, 20)
+        chunked_conv(torch.randn(1, 3, 9), tables, plan=plan)  # 9 bins: 2 chunks of 5 bins, not 5 of 4
+    assert chunked_conv(torch.randn(1, 3, 20), tables, plan=plan).shape == (1, 3, 20)
     for bad in (dict(chunk=0), dict(chunk=True)):
         with pytest.raises(ValueError, match="chunk must be an integer"):
             chunk_tables(form, **bad)
     for bad in (-1, 1.5):
         with pytest.raises(ValueError, match="steps must be an integer"):
-            chunk_plan(ops, 16, steps=bad)
+            chunk_plan(tables, 16, steps=bad)
     with pytest.raises(ValueError, match="conv must be one of"):
         S4(3, 8, conv="wavelet")
 

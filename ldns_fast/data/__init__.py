@@ -14,8 +14,8 @@
   drive), independent validation data that breaks the models' assumptions.
 - :func:`read_nwb`: bin the spike times of an NWB file (optional extra ``nwb``, ``pynwb`` imported on
   use) into trials, with behaviour time series and trials-table conditions.
-- :func:`to_tensors`, :class:`SpikeTensors`, :class:`SpikeDataset`: torch tensors in the model layout
-  ``[trials, channels, time]`` with a validity mask.
+- :func:`to_tensors`, :class:`SpikeTensors`: torch tensors in the model layout ``[trials, channels, time]``
+  with a validity mask.
 
 Names are imported from their submodules on first use, so the file format works without torch.
 """
@@ -23,7 +23,7 @@ import importlib
 
 # Names and the submodule holding each, imported on first use: the HDF5 format needs no torch.
 _HOMES = {
-    "SpikeDataset": "dataset", "SpikeTensors": "dataset", "to_tensors": "dataset", "valid_mask": "dataset",
+    "SpikeTensors": "dataset", "to_tensors": "dataset", "valid_mask": "dataset",
     "SPLIT_CODES": "hdf5", "DataFormatError": "hdf5", "DatasetWriter": "hdf5", "SpikeData": "hdf5",
     "pad_trials": "hdf5", "random_split": "hdf5", "read_dataset": "hdf5", "validate_arrays": "hdf5",
     "write_dataset": "hdf5",
@@ -53,7 +53,6 @@ __all__ = [
     "ReachConfig",
     "ReachSample",
     "SpikeData",
-    "SpikeDataset",
     "SpikeTensors",
     "default_cache_dir",
     "load_lorenz",

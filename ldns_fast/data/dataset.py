@@ -1,11 +1,10 @@
-"""Training tensors in the model layout (channels before time) and a torch Dataset over trials."""
+"""Training tensors in the model layout (channels before time)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from .hdf5 import SpikeData
 
@@ -72,22 +71,3 @@ def to_tensors(data: SpikeData, dtype: torch.dtype = torch.float32) -> SpikeTens
         rates=_channels_first(data.rates, mask, dtype),
         latents=_channels_first(data.latents, mask, dtype),
     )
-
-
-class SpikeDataset(Dataset):
-    """The trials of a :class:`SpikeData` (all, or one split: ``"train"``, ``"val"``, ``"test"``) as dicts.
-
-    Items: ``spikes [neurons, time]``, ``mask [time]``, ``length`` (int64 scalar) and, when present,
-    ``behavior [B, time]``, ``conditions [C]``, ``rates [neurons, time]``, ``latents [D, time]``.
-    Every trial keeps the dataset's full time length (none is dropped or cut), so the default collate
-    stacks a batch; ``mask`` marks the valid bins. ``tensors`` holds the whole set (:class:`SpikeTensors`).
-    """
-
-    def __init__(self, data: SpikeData, split: str | None = None, dtype: torch.dtype = torch.float32):
-        self.tensors = to_tensors(data if split is None else data.split(split), dtype)
-
-    def __len__(self) -> int:
-        return len(self.tensors)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.tensors.trial(index)

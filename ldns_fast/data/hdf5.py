@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ldns_fast.atomic import atomic_path, atomic_write
-from ldns_fast.validation import check_bin_width
+from ldns_fast.validation import check_bin_width, is_integer
 
 SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -327,7 +327,7 @@ class DatasetWriter:
     ) -> None:
         for name, value in (("n_trials", n_trials), ("n_bins", n_bins), ("n_neurons", n_neurons),
                             ("latent_channels", latent_channels)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if not is_integer(value, numpy=True) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.path = Path(path)
         self.bin_width = _check_bin_width(str(self.path), bin_width)

@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 import torch
 
-from ldns_fast.validation import check_bin_width, require_positive_ints, require_reals
+from ldns_fast.validation import check_bin_width, is_integer, require_positive_ints, require_reals
 
 from .hdf5 import random_split, write_dataset
 
@@ -64,12 +64,12 @@ class LorenzConfig:
         require_positive_ints(self, "n_trials", "n_bins", "n_neurons", "steps_per_bin")
         for name in ("seed", "burn_in_steps"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_integer(value) or value < 0:
                 raise ValueError(f"LorenzConfig.{name} must be an integer >= 0, got {value!r}")
         require_reals(self, 0.0, math.inf, "dt", "init_spread", open_low=True)
         check_bin_width(self.bin_width, "LorenzConfig.bin_width")
         if self.min_bins is not None and (
-            isinstance(self.min_bins, bool) or not isinstance(self.min_bins, int)
+            not is_integer(self.min_bins)
             or not 1 <= self.min_bins <= self.n_bins
         ):
             raise ValueError(

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ldns_fast.validation import is_integer
+
 from .schedule import DiffusionSchedule
 
 SPACINGS = ("trailing", "leading", "linspace", "logsnr")
@@ -62,7 +64,7 @@ def make_timesteps(schedule: DiffusionSchedule, num_inference_steps: int, spacin
       then raised where needed to keep them distinct (at low noise several targets share a timestep).
     """
     T, n = schedule.num_train_timesteps, num_inference_steps
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= T:
+    if not is_integer(n) or not 1 <= n <= T:
         raise ValueError(f"num_inference_steps must be an int in [1, {T}] (num_train_timesteps), got {n!r}")
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")

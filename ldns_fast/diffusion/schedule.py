@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ldns_fast.validation import is_integer
+
 BETA_KINDS = ("linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "v")
 # Cosine schedule (Nichol & Dhariwal 2021): offset s in abar(u) = cos((u + s) / (1 + s) * pi / 2)^2
@@ -42,7 +44,7 @@ class NoiseSchedule:
 
     def __post_init__(self) -> None:
         T = self.num_train_timesteps
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        if not is_integer(T) or T < 1:
             raise ValueError(f"num_train_timesteps must be a positive int, got {T!r}")
         if not 0.0 < self.beta_start <= self.beta_end < 1.0:
             raise ValueError(
@@ -91,7 +93,7 @@ class DiffusionSchedule:
 
     def alpha_bar(self, t: int) -> float:
         """``abar_t`` as a float64 Python float; ``t = -1`` is the clean end of the chain (``abar = 1``)."""
-        if isinstance(t, bool) or not isinstance(t, int) or not -1 <= t < self.num_train_timesteps:
+        if not is_integer(t) or not -1 <= t < self.num_train_timesteps:
             raise ValueError(f"t must be an int in [-1, {self.num_train_timesteps - 1}], got {t!r}")
         return 1.0 if t == -1 else self._alpha_bar_values[t]
 
@@ -134,7 +136,7 @@ class DiffusionSchedule:
         """Validate ``t`` (int, integer ``[]`` or ``[B]`` tensor in ``[0, T-1]``) against ``x [B, ...]``."""
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError(f"samples must be tensors of shape [B, ...], got {getattr(x, 'shape', type(x))}")
-        if isinstance(t, int) and not isinstance(t, bool):
+        if is_integer(t):
             t = torch.tensor(t)
         if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
             raise ValueError(f"t must be an int or an integer tensor, got {t!r}")

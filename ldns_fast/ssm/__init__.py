@@ -6,10 +6,10 @@
   :func:`diagonal_form`: any of them as ``K = Re(sum_m w mu^l)``.
 - :func:`fft_conv`, :func:`direct_conv`: causal or bidirectional convolution with a skip term (FFT or
   Toeplitz product); :func:`chunked_conv`: the same, linear in ``L`` with matmuls only, from a diagonal
-  form (:func:`chunk_tables`, :func:`chunk_operands`, :func:`chunk_plan`).
+  form (:func:`chunk_tables`, :func:`chunk_plan`).
 - :func:`hippo_legs`, :func:`hippo_legs_dplr`: HiPPO-LegS matrices, dense and in DPLR form.
 """
-from .chunked import ChunkOperands, ChunkTables, ChunkPlan, chunk_operands, chunk_tables, chunked_conv, chunk_plan
+from .chunked import ChunkPlan, ChunkTables, chunk_plan, chunk_tables, chunked_conv
 from .diagonal import DiagonalForm, DiagonalFormError, diagonal_form
 from .fftconv import direct_conv, fft_conv, fold_kernel, kernel_spectrum, spectrum_conv, toeplitz, toeplitz_conv
 from .hippo import hippo_legs, hippo_legs_dplr
@@ -19,7 +19,6 @@ from .ssm_kernels import DiagonalKernel, DPLRKernel, bilinear_nodes
 __all__ = [
     "KERNEL_CACHE_SIZE",
     "S4",
-    "ChunkOperands",
     "ChunkTables",
     "DPLRKernel",
     "DiagonalForm",
@@ -27,7 +26,6 @@ __all__ = [
     "DiagonalKernel",
     "ChunkPlan",
     "bilinear_nodes",
-    "chunk_operands",
     "chunk_tables",
     "chunked_conv",
     "diagonal_form",

@@ -13,26 +13,29 @@ chunk, a plain Toeplitz product), ``t = cq + i``:
 
 The in-chunk parts of both directions form one ``q x q`` Toeplitz matrix; states enter and leave by one
 matmul per chunk (``[q] -> [2M]``: real parts, then imaginary parts). All of these are sub-blocks of tables
-built once per layer (:class:`ChunkOperands`). The chunk-to-chunk recurrence is a doubling scan: step ``k``
-adds ``a^(2^k)`` times the partial sums ``2^k`` states back, so ``s`` steps cover ``2^s`` states
-(:func:`capacity`) and an exported graph needs no loop; the anti-causal states are scanned in reverse chunk
-order beside the causal ones. The decays ``a^(2^k) = exp(q 2^k log mu)`` (in :func:`chunk_plan`, with the
-sub-blocks for ``q``) are computed in float64 and cast: no ``sin(l theta)`` at large ``l`` in single
-precision, and the scan is stable (``|a| < 1``).
+cut for each length (:func:`chunk_plan`) from small tables built once per layer (:class:`ChunkTables`). The chunk-to-chunk recurrence is a work-efficient scan
+(:func:`_scan`): level ``k`` combines states in pairs with the decay ``a^(2^k)`` and hands the pair sums to
+level ``k + 1``, so ``s`` levels cover ``2^(s + 1)`` chunks (:func:`capacity`), the work is about twice one
+pass over the states, and an exported graph needs no loop (levels past what a length needs run on one state
+or none). The anti-causal
+states are scanned in reverse chunk order beside the causal ones. The decays ``a^(2^k) = exp(q 2^k log mu)``
+(in :func:`chunk_plan`, with the sub-blocks for ``q``) are computed in float64 and cast: no ``sin(l theta)``
+at large ``l`` in single precision, and the scan is stable (``|a| < 1``).
 
-Chunks are formed and states shifted by gathers, not padded slices, so every size in a graph traced with a
-dynamic length is ``L``, ``C``, ``q`` or ``C - 1``. Cost ``O(B H L (q + M + M log C / q))``, memory
-``O(B H L (1 + M / q))``.
+Chunks are formed and states moved by gathers, not padded slices, so every size in a graph traced with a
+dynamic length is a simple function of ``L``. Cost ``O(B H L (q + M))``, memory ``O(B H L (1 + M / q))``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ldns_fast.validation import is_integer
+
 from .diagonal import DiagonalForm
-from .fftconv import toeplitz
+from .fftconv import fold_kernel
 
 # Chunk length (bins): chunks hold CHUNK to 2 CHUNK - 1 bins (benchmarks/results/long_recordings_cpu.md).
 CHUNK = 128
@@ -46,88 +49,89 @@ def chunk_shape(L: int, chunk: int = CHUNK) -> tuple[int, int]:
 
 
 def scan_steps(n_states: int) -> int:
-    """Doubling steps that scan ``n_states`` chunk states (shifts ``1, 2, .., 2^(s - 1)``)."""
-    return max(n_states - 1, 0).bit_length()
+    """Levels of the work-efficient scan over ``n_states`` chunk states (level ``k`` pairs states ``2^k`` chunks
+    apart)."""
+    return max(n_states.bit_length() - 1, 0)
 
 
 def steps_for(L: int, chunk: int = CHUNK) -> int:
-    """Doubling steps that a sequence of ``L`` bins needs."""
+    """Scan levels that a sequence of ``L`` bins needs."""
     return scan_steps(chunk_shape(L, chunk)[0] - 1)
 
 
 def capacity(steps: int, chunk: int = CHUNK) -> int:
-    """Longest sequence (bins) that ``steps`` doubling steps convolve exactly."""
-    return chunk * (2**steps + 2) - 1
+    """Longest sequence (bins) that ``steps`` scan levels convolve exactly (``2^(steps + 1)`` chunks)."""
+    return chunk * (2 ** (steps + 1) + 1) - 1
 
 
 @dataclass
 class ChunkTables:
-    """Tables of one layer's diagonal form, enough for the chunked convolution at any length.
+    """Tables of one layer's diagonal form, enough for the chunked convolution at any length (a plan for a
+    length cuts its operands from them: :func:`chunk_plan`).
 
-    ``taps [n_kernels, H, S]``: the kernels' first ``S = 2 CHUNK`` taps (longer than any chunk).
-    ``powers [2, H, M, S + 1]``: real and imaginary parts of ``mu^k``. ``weights [2, n_kernels, H, M]``: of
-    ``w``. ``log_mu [2, H, M]`` (float64): of ``log mu``, for the scan matrices.
+    ``folded [H, 2S]``: the kernels' first ``S = 2 CHUNK`` taps (longer than any chunk) as one circular kernel
+    (:func:`~ldns_fast.ssm.fftconv.fold_kernel`). ``powers [S + 1, 2, H, M]``: real and imaginary parts of
+    ``mu^k``, ``k = 0..S``. ``weights [2, n_kernels, H, M]``: of ``w``. ``log_mu [2, H, M]`` (float64): of
+    ``log mu``, for the scan's decays.
     """
 
-    taps: torch.Tensor
+    folded: torch.Tensor
     powers: torch.Tensor
     weights: torch.Tensor
     log_mu: torch.Tensor
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """The tables by field name (for registering them as buffers)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    @property
+    def chunk(self) -> int:
+        return self.folded.shape[-1] // 4
 
 
 @dataclass
-class ChunkOperands:
-    """What :func:`chunked_conv` multiplies by, for any length, built from :class:`ChunkTables`; every
-    matrix multiplies rows (bins or states) from the right.
+class ScanLevel:
+    """One level of the work-efficient scan (:func:`_scan`) over ``n`` states: its decay ``a^(2^k)`` and gathers.
 
-    ``toeplitz [H, S, S]``: in-chunk, both directions (``y_chunk = x_chunk @ toeplitz``). ``state_in
-    [n_kernels, H, S, 2M]`` and ``readout [n_kernels, H, 2M, S]`` (state columns: the modes' real parts,
-    then their imaginary parts); a chunk of ``q`` bins uses the last (causal) or first ``q`` bins of the
-    state input and the first (causal) or last ``q`` of the readout, so that powers run up to ``q - 1``.
-    ``log_mu [2, H, M]`` (float64).
+    ``same``, ``swapped`` ``[H, 1, 1, 1, 2, M]``: the factors ``[a_re, a_re]`` and ``[-a_im, a_im]`` of a state
+    ``[re, im]`` and of its swap ``[im, re]``. ``pairs``, ``odds`` ``[n // 2]``: the states ``2i`` and ``2i + 1``
+    summed into pair ``i``; ``evens [(n + 1) // 2]``: the states ``2i``; ``order [n]``: where state ``c`` sits
+    among the evens followed by the scanned pairs; ``previous [n]`` (``c - 1``, clamped) and ``fill
+    [n, 1, 1]`` (1 for even ``c >= 2``, else 0): the state an even one adds.
     """
 
-    toeplitz: torch.Tensor
-    state_in: torch.Tensor
-    readout: torch.Tensor
-    log_mu: torch.Tensor
-
-    @property
-    def chunk(self) -> int:
-        return self.toeplitz.shape[-1] // 2
+    same: torch.Tensor
+    swapped: torch.Tensor
+    pairs: torch.Tensor
+    odds: torch.Tensor
+    evens: torch.Tensor
+    order: torch.Tensor
+    previous: torch.Tensor
+    fill: torch.Tensor
 
 
 @dataclass
 class ChunkPlan:
-    """:class:`ChunkOperands` cut for sequences of ``length`` bins in ``C`` chunks of ``q`` bins, and the scan's
-    decays and shifts. The ``n = C - 1`` states of each direction are scanned together, the anti-causal ones
-    in reverse chunk order (so both scans run forward).
+    """Operands cut from :class:`ChunkTables` for sequences of ``length`` bins in ``C`` chunks of ``q`` bins, and the scan's
+    gathers and levels. Each direction scans ``n = C - 1`` chunk states, the anti-causal one in reverse chunk
+    order (so both scans run forward); a chunk reads the scanned state of the chunk before it.
 
-    ``toeplitz [H, q, q]``; ``state_in [H, n_kernels, q, 2M]`` and ``readout [H, n_kernels, 2M, q]``;
-    ``rows [n_kernels, n]``: the chunks whose states are scanned (``0..C-2``; ``C-1..1``); ``targets
-    [n_kernels, C]``: the scanned state each chunk reads (``c - 1``; ``C - 2 - c``), -1 for none. Per
-    doubling step ``k``, with ``a^(2^k) = a_re + i a_im`` (``a = mu^q``): ``decays``, the factors
-    ``[a_re, a_re]`` and ``[-a_im, a_im]`` ``[H, 1, 1, 1, 2, M]`` of a state ``[re, im]`` and of its swap
-    ``[im, re]``; ``shifts``, the state ``c - 2^k`` each state reads (``[n]``, clamped) and whether it exists
-    (``[n, 1, 1]``, 0/1).
+    ``toeplitz [H, q, q]``; ``state_in [H, q, n_kernels 2M]`` and ``readout [H, q, n_kernels 2M]`` (transposed),
+    the directions side by side; ``sources [C']``: the chunks whose states are computed (all ``C``, or none
+    when ``C = 1``); ``scanned [n_kernels n]``: their (chunk, direction) rows in scan order; ``read
+    [C n_kernels]``: for each chunk and direction, 1 + the scanned row it reads, or 0 for none (a zero row);
+    ``levels``: :class:`ScanLevel` ``k`` (decay ``a^(2^k)``, ``a = mu^q``). The gathers depend on ``L`` alone
+    (the layers of a traced graph share them).
     """
 
     toeplitz: torch.Tensor
     state_in: torch.Tensor
     readout: torch.Tensor
-    rows: torch.Tensor
-    targets: torch.Tensor
-    decays: list[tuple[torch.Tensor, torch.Tensor]]
-    shifts: list[tuple[torch.Tensor, torch.Tensor]]
+    sources: torch.Tensor
+    scanned: torch.Tensor
+    read: torch.Tensor
+    levels: list[ScanLevel]
     length: int
 
     @property
     def steps(self) -> int:
-        return len(self.decays)
+        return len(self.levels)
 
 
 @torch.no_grad()
@@ -138,105 +142,120 @@ def chunk_tables(
     """:class:`ChunkTables` of a diagonal form for chunks of ``chunk`` bins (tables of ``2 chunk`` taps: see
     :func:`chunk_shape`), computed in float64 and stored in ``dtype`` on ``device`` (default: the form's);
     ``log_mu`` stays float64."""
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if not is_integer(chunk) or chunk < 1:
         raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     w, log_mu = form.w.to(torch.complex128), form.log_mu.to(torch.complex128)
     k = torch.arange(2 * chunk + 1, dtype=torch.float64, device=log_mu.device)
-    powers = torch.exp(log_mu[..., None] * k)
+    powers = torch.exp(log_mu[..., None] * k).permute(2, 0, 1)  # [S + 1, H, M]
     device = log_mu.device if device is None else device
     return ChunkTables(
-        taps=form.kernel(2 * chunk).to(device=device, dtype=dtype),
-        powers=torch.stack([powers.real, powers.imag]).to(device=device, dtype=dtype),
+        folded=fold_kernel(form.kernel(2 * chunk)).to(device=device, dtype=dtype),
+        powers=torch.stack([powers.real, powers.imag], 1).to(device=device, dtype=dtype),
         weights=torch.stack([w.real, w.imag]).to(device=device, dtype=dtype),
         log_mu=torch.stack([log_mu.real, log_mu.imag]).to(device=device),
     )
 
 
-def chunk_operands(tables: ChunkTables) -> ChunkOperands:
-    """Build the convolution operands from :class:`ChunkTables` (gathers and products only)."""
-    n_kernels, H, S = tables.taps.shape
-    (p_re, p_im), (w_re, w_im) = tables.powers, tables.weights  # [H, M, S + 1], [n_kernels, H, M]
-    up = torch.stack([p_re[..., :S], p_im[..., :S]], -3)  # [H, 2, M, S]: mu^j
-    down = up.flip(-1)  # mu^(S - 1 - j)
-    # State in: mu^(S - 1 - j) (causal), mu^j (anti-causal); readout: w mu^(i + 1), w mu^(S - 1 - i).
-    state_in = torch.stack([down, up][:n_kernels]).flatten(-3, -2).transpose(-1, -2)  # [n_kernels, H, S, 2M]
-    readout = []
-    for k, (re, im) in enumerate([(p_re[..., 1:], p_im[..., 1:]), tuple(down.unbind(-3))][:n_kernels]):
-        wr, wi = w_re[k][..., None], w_im[k][..., None]  # Re(w z) = wr re - wi im; -Im(w z) = -(wr im + wi re)
-        readout.append(torch.cat([wr * re - wi * im, -(wr * im + wi * re)], -2))  # [H, 2M, S]
-    return ChunkOperands(toeplitz(tables.taps).transpose(-1, -2), state_in, torch.stack(readout), tables.log_mu)
-
-
-def chunk_plan(ops: ChunkOperands, L: int, steps: int | None = None) -> ChunkPlan:
-    """:class:`ChunkPlan` for sequences of ``L`` bins with ``steps`` doubling steps (default: what ``L``
-    needs; an exported graph fixes it, which bounds ``L`` by :func:`capacity`). Sub-blocks are cut by
-    gathers (no minimum of ``q`` and the tables' size in a traced graph); the decays are computed in float64
-    and cast to the operands' dtype."""
+def chunk_plan(tables: ChunkTables, L: int, steps: int | None = None) -> ChunkPlan:
+    """:class:`ChunkPlan` for sequences of ``L`` bins with ``steps`` scan levels (default: what ``L`` needs; an
+    exported graph fixes it, which bounds ``L`` by :func:`capacity`). The operands are cut for ``q`` by gathers
+    of the tables' rows (a graph builds them per call from small tables: nothing for onnxruntime to fold at
+    load time); the decays are computed in float64 and cast to the tables' dtype."""
     if steps is None:
-        steps = steps_for(L, ops.chunk)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        steps = steps_for(L, tables.chunk)
+    if not is_integer(steps) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    n_kernels, S = ops.state_in.shape[0], ops.toeplitz.shape[-1]
-    device, dtype = ops.toeplitz.device, ops.toeplitz.dtype
-    C, q = chunk_shape(L, ops.chunk)
-    head = torch.arange(q, device=device)
-    tail = head + (S - q)
-    cuts = [(tail, head), (head, tail)][:n_kernels]  # bins of the state input and of the readout, per direction
-    scale = q * 2 ** torch.arange(steps, dtype=torch.float64, device=ops.log_mu.device)  # a^(2^k) = mu^scale
-    log_a = ops.log_mu[:, None] * scale[:, None, None]  # [2, steps, H, M]
+    (w_re, w_im), log_mu = tables.weights, tables.log_mu  # [n_kernels, H, M]
+    n_kernels, H, M = w_re.shape
+    device, dtype = tables.folded.device, tables.folded.dtype
+    C, q = chunk_shape(L, tables.chunk)
+    bins = torch.arange(q, device=device)
+    lag = (bins[None, :] - bins[:, None]) % tables.folded.shape[-1]  # [q, q]: T[i, j] = folded[(j - i) mod 2S]
+
+    def powers(k: torch.Tensor) -> torch.Tensor:  # mu^k for k [q]: [q, 2, H, M]
+        return tables.powers.index_select(0, k)
+
+    def states(z: torch.Tensor) -> torch.Tensor:  # [q, 2, H, M] -> [H, q, 2M]
+        return z.permute(2, 0, 1, 3).reshape(H, -1, 2 * M)
+
+    def readout(k: int, z: torch.Tensor) -> torch.Tensor:  # Re(w z), -Im(w z) per mode: [H, q, 2M]
+        re, im = z.unbind(1)
+        return states(torch.stack([w_re[k] * re - w_im[k] * im, -(w_re[k] * im + w_im[k] * re)], 1))
+
+    flipped = q - 1 - bins  # causal state input and anti-causal readout: mu^(q - 1 - j)
+    ins = [states(powers(flipped)), states(powers(bins))][:n_kernels]
+    outs = [readout(0, powers(bins + 1)), readout(1, powers(flipped)) if n_kernels == 2 else None][:n_kernels]
+    scale = q * 2 ** torch.arange(steps, dtype=torch.float64, device=log_mu.device)  # a^(2^k) = mu^scale
+    log_a = log_mu[:, None] * scale[:, None, None]  # [2, steps, H, M]
     a_re, a_im = torch.exp(log_a[0]) * torch.cos(log_a[1]), torch.exp(log_a[0]) * torch.sin(log_a[1])
     factors = torch.stack([torch.stack([a_re, a_re], -2), torch.stack([-a_im, a_im], -2)], 1).to(dtype)
-    position, chunk = torch.arange(C - 1, device=device), torch.arange(C, device=device)
-    sources = [position - 2**step for step in range(steps)]
+    levels, n = [], C - 1
+    for same, swapped in factors[:, :, :, None, None, None].unbind(0):  # [H, 1, 1, 1, 2, M] each
+        half, evens, state = n // 2, (n + 1) // 2, torch.arange(n, device=device)
+        pairs, even = torch.arange(half, device=device) * 2, state % 2 == 0
+        levels.append(ScanLevel(
+            same, swapped, pairs, pairs + 1, torch.arange(evens, device=device) * 2,
+            torch.where(even, state // 2, evens + state // 2), (state - 1).clamp_min(0),
+            (even & (state > 0)).to(dtype)[:, None, None]))
+        n = half
+    chunk, kernel = torch.arange(C, device=device), torch.arange(n_kernels, device=device)
+    position = torch.arange(C - 1, device=device)
+    order = torch.stack([position, C - 1 - position][:n_kernels])  # [n_kernels, n]: chunks in scan order
+    source = torch.stack([chunk - 1, C - 2 - chunk][:n_kernels], 1)  # [C, n_kernels]: scan position read
+    computed = C if isinstance(C, int) and C > 1 else (0 if isinstance(C, int) else torch.sym_min(C, C * (C - 1)))
     return ChunkPlan(
-        toeplitz=ops.toeplitz.index_select(-2, head).index_select(-1, head),
-        state_in=torch.stack([ops.state_in[k].index_select(-2, bins) for k, (bins, _) in enumerate(cuts)], 1),
-        readout=torch.stack([ops.readout[k].index_select(-1, bins) for k, (_, bins) in enumerate(cuts)], 1),
-        rows=torch.stack([position, C - 1 - position][:n_kernels]),
-        targets=torch.stack([chunk - 1, C - 2 - chunk][:n_kernels]),
-        decays=[(f[0, :, None, None, None], f[1, :, None, None, None]) for f in factors.unbind(0)],
-        shifts=[(source.clamp_min(0), (source >= 0).to(dtype)[:, None, None]) for source in sources], length=L,
+        toeplitz=tables.folded.index_select(-1, lag.reshape(-1)).reshape(H, q, q),
+        state_in=torch.cat(ins, -1), readout=torch.cat(outs, -1),
+        sources=torch.arange(computed, device=device), scanned=(order * n_kernels + kernel[:, None]).reshape(-1),
+        read=torch.where(source >= 0, 1 + kernel * (C - 1) + source, 0).reshape(-1), levels=levels, length=L,
     )
 
 
-def _scan(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
-    """Inclusive scan ``z[c] = a z[c - 1] + x[c]`` of states ``x [H, n_kernels, B, n, 2, M]`` (real, imaginary)
-    along axis 3 by doubling: ``z[c] += a^(2^s) z[c - 2^s]``. Shifts are gathers of the same size (not padded
-    slices), so a traced graph holds no new size."""
+def _rotate(x: torch.Tensor, level: ScanLevel) -> torch.Tensor:
+    """``a x`` for complex states ``x [..., n, 2, M]`` (real, imaginary), ``a`` the level's decay."""
+    return x * level.same + x.flip(-2) * level.swapped
+
+
+def _scan(x: torch.Tensor, levels: list[ScanLevel]) -> torch.Tensor:
+    """Inclusive scan ``z[c] = a z[c - 1] + x[c]`` of states ``x [H, B, n_kernels, n, 2, M]`` along axis 3,
+    work-efficient: states are summed in pairs (decay ``a``), the ``n // 2`` pair sums scanned with decay
+    ``a^2`` by the next level, and the even states filled in (``z[2i] = a z[2i - 1] + x[2i]``). A traced graph
+    holds every level (those past what a length needs run on one state or none, and are exact for them)."""
     n = x.shape[3]
-    for step, ((source, inside), (same, swapped)) in enumerate(zip(plan.shifts, plan.decays)):
-        if isinstance(n, int) and 2**step >= n:  # concrete sizes: nothing further (a graph keeps every step)
-            break
-        s = x.index_select(3, source) * inside
-        x = x + s * same + s.flip(-2) * swapped
-    return x
+    if not levels or (isinstance(n, int) and n <= 1):
+        return x
+    level = levels[0]
+    odd = _scan(_rotate(x.index_select(3, level.pairs), level) + x.index_select(3, level.odds), levels[1:])
+    w = torch.cat([x.index_select(3, level.evens), odd], 3).index_select(3, level.order)  # x[2i], z[2i + 1]
+    return w + _rotate(w.index_select(3, level.previous), level) * level.fill
 
 
 def chunked_conv(
-    u: torch.Tensor, ops: ChunkOperands, D: torch.Tensor | None = None, plan: ChunkPlan | None = None,
+    u: torch.Tensor, tables: ChunkTables, D: torch.Tensor | None = None, plan: ChunkPlan | None = None,
 ) -> torch.Tensor:
     """Convolve ``u [B, H, L]`` as :func:`~ldns_fast.ssm.fft_conv` does, by chunks (see the module docstring).
 
-    ``ops``: from :func:`chunk_operands`; ``D [H]``: skip term; ``plan``: from :func:`chunk_plan` for this
+    ``tables``: from :func:`chunk_tables`; ``D [H]``: skip term; ``plan``: from :func:`chunk_plan` for this
     length (default: made here). The sequence is zero-padded to ``C q`` bins for :func:`padded_chunked_conv`.
     """
-    if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[1] != ops.toeplitz.shape[0]:
-        raise ValueError(f"u must be a tensor of shape [B, H={ops.toeplitz.shape[0]}, L], "
+    H = tables.folded.shape[0]
+    if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[1] != H:
+        raise ValueError(f"u must be a tensor of shape [B, H={H}, L], "
                          f"got {getattr(u, 'shape', type(u))}")
     L = u.shape[-1]
-    C, q = chunk_shape(L, ops.chunk)
+    C, q = chunk_shape(L, tables.chunk)
     if plan is None:
-        plan = chunk_plan(ops, L)
-    elif chunk_shape(plan.length, ops.chunk) != (C, q):
+        plan = chunk_plan(tables, L)
+    elif chunk_shape(plan.length, tables.chunk) != (C, q):
         raise ValueError(f"a chunk plan for {plan.length} bins does not fit a sequence of {L} bins")
-    elif steps_for(L, ops.chunk) > plan.steps:
-        raise ValueError(f"{L} bins need {steps_for(L, ops.chunk)} scan steps; this chunk plan has {plan.steps} "
-                         f"(up to {capacity(plan.steps, ops.chunk)} bins)")
-    y = padded_chunked_conv(u if C * q == L else F.pad(u, (0, C * q - L)), ops, plan)[..., :L]
+    elif steps_for(L, tables.chunk) > plan.steps:
+        raise ValueError(f"{L} bins need {steps_for(L, tables.chunk)} scan steps; this chunk plan has {plan.steps} "
+                         f"(up to {capacity(plan.steps, tables.chunk)} bins)")
+    y = padded_chunked_conv(u if C * q == L else F.pad(u, (0, C * q - L)), tables, plan)[..., :L]
     return y if D is None else y + D[:, None] * u
 
 
-def padded_chunked_conv(u: torch.Tensor, ops: ChunkOperands, plan: ChunkPlan) -> torch.Tensor:
+def padded_chunked_conv(u: torch.Tensor, tables: ChunkTables, plan: ChunkPlan) -> torch.Tensor:
     """The chunked convolution (no skip term) of ``u [B, H, C q]``: a sequence of ``plan.length`` bins zero-padded
     to whole chunks (``chunk_shape(plan.length)``), as an exported graph carries it from layer to layer;
     returns ``[B, H, C q]`` (the padding's outputs are meaningless).
@@ -245,22 +264,21 @@ def padded_chunked_conv(u: torch.Tensor, ops: ChunkOperands, plan: ChunkPlan) ->
     product of ``B``, ``C`` and ``q`` (no slice, padding or broadcast batch that would need a guard on them
     in a traced graph).
     """
-    B, H, M = u.shape[0], u.shape[1], ops.log_mu.shape[-1]
-    C, q = chunk_shape(plan.length, ops.chunk)
+    B, H = u.shape[0], u.shape[1]
+    C, q = chunk_shape(plan.length, tables.chunk)
     chunks = torch.permute_copy(u.reshape(B, H, C, q), (1, 0, 2, 3)).reshape(H, B * C, q)
-    y = chunks @ plan.toeplitz  # [H, B C, q]
-    if not isinstance(C, int) or C > 1:
-        # Causal: the states of chunks 0..C-2, scanned forward, enter chunks 1..C-1; anti-causal: those of
-        # chunks C-1..1 enter C-2..0. Rows are gathered, not sliced.
-        n_kernels, n = plan.state_in.shape[1], C - 1
-        kernel = torch.arange(n_kernels, device=u.device)[:, None, None]
-        trial = torch.arange(B, device=u.device)[:, None]
-        rows = (trial * C + plan.rows[:, None]).reshape(-1)  # [n_kernels B n]
-        x = (chunks.index_select(1, rows).reshape(H, n_kernels, B * n, q) @ plan.state_in)
-        x = _scan(x.reshape(H, n_kernels, B, n, 2, M), plan)
-        r = (x.reshape(H, n_kernels, B * n, 2 * M) @ plan.readout).reshape(H, n_kernels * B * n, q)
-        r = torch.cat([r.new_zeros(H, 1, q), r], 1)  # row 0: no state
-        targets = plan.targets[:, None]  # [n_kernels, 1, C]
-        index = torch.where(targets >= 0, 1 + (kernel * B + trial) * n + targets, 0).reshape(-1)
-        y = y + r.index_select(1, index).reshape(H, n_kernels, B * C, q).sum(1)
+    y = chunks @ plan.toeplitz + _carried(chunks, B, tables.log_mu.shape[-1], plan)  # [H, B C, q]
     return y.reshape(H, B, C * q).transpose(0, 1)
+
+
+def _carried(chunks: torch.Tensor, B: int, M: int, plan: ChunkPlan) -> torch.Tensor:
+    """What the states add to the in-chunk products ``[H, B C, q]`` of ``chunks [H, B C, q]`` (``B`` trials, ``M``
+    modes): every chunk's state inputs (both directions) come from one matmul, are scanned in each direction's
+    chunk order, and each chunk reads the state of the chunk before it by one readout matmul."""
+    H, q, n_kernels = chunks.shape[0], chunks.shape[-1], plan.state_in.shape[-1] // (2 * M)
+    x = chunks.reshape(H, B, -1, q).index_select(2, plan.sources).reshape(H, -1, q) @ plan.state_in
+    x = x.reshape(H, B, -1, 2 * M).index_select(2, plan.scanned)  # [H, B, K n, 2M]
+    z = _scan(x.reshape(H, B, n_kernels, -1, 2, M), plan.levels).reshape(H, B, -1, 2 * M)
+    z = torch.cat([z.new_zeros(H, B, 1, 2 * M), z], 2)  # row 0: no state
+    states = z.index_select(2, plan.read)  # [H, B, C K, 2M]: rows (chunk, direction)
+    return states.reshape(H, chunks.shape[1], n_kernels * 2 * M) @ plan.readout.transpose(-1, -2)

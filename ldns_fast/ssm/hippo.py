@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import torch
 
-
-def _require_even_state(N: int) -> None:
-    if isinstance(N, bool) or not isinstance(N, int) or N < 2 or N % 2:
-        raise ValueError(f"state size N must be an even integer >= 2, got {N!r}")
+from ldns_fast.validation import require_even_state
 
 
 def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense HiPPO-LegS system in float64: ``A [N, N]``, low-rank factor ``P [N]``, ``B [N]``."""
-    _require_even_state(N)
+    require_even_state(N, "state size N")
     n = torch.arange(N, dtype=torch.float64)
     root = torch.sqrt(2 * n + 1)
     A = -torch.tril(root[:, None] * root[None, :], diagonal=-1) - torch.diag(n + 1)

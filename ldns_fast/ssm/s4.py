@@ -24,7 +24,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .chunked import ChunkOperands, ChunkPlan, chunk_operands, chunk_tables, chunked_conv, chunk_plan
+from ldns_fast.validation import is_integer
+
+from .chunked import ChunkPlan, ChunkTables, chunk_plan, chunk_tables, chunked_conv
 from .diagonal import diagonal_form
 from .fftconv import fft_conv, kernel_spectrum, spectrum_conv
 from .ssm_kernels import DiagonalKernel, DPLRKernel
@@ -63,7 +65,7 @@ class S4(nn.Module):
         conv: str = "fft",
     ) -> None:
         super().__init__()
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+        if not is_integer(d_model) or d_model < 1:
             raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
         if conv not in CONV_MODES:
             raise ValueError(f"conv must be one of {CONV_MODES}, got {conv!r}")
@@ -79,7 +81,7 @@ class S4(nn.Module):
         else:
             raise ValueError(f"mode must be 'dplr' or 'diag', got {mode!r}")
         self.D = nn.Parameter(torch.randn(d_model))
-        self._cache: OrderedDict[tuple, torch.Tensor | ChunkOperands] = OrderedDict()
+        self._cache: OrderedDict[tuple, torch.Tensor | ChunkTables] = OrderedDict()
         self._cache_signature: tuple = ()
 
     def clear_kernel_cache(self) -> None:
@@ -94,7 +96,7 @@ class S4(nn.Module):
         """True when no gradient can flow to the kernel (grad mode off or kernel parameters frozen)."""
         return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.kernel.parameters())
 
-    def _cached(self, key: tuple, build: Callable[[], torch.Tensor | ChunkOperands]) -> torch.Tensor | ChunkOperands:
+    def _cached(self, key: tuple, build: Callable[[], torch.Tensor | ChunkTables]) -> torch.Tensor | ChunkTables:
         """The cache entry ``key`` (with the kernel's device and dtype), built under no_grad when missing."""
         signature = self._parameter_signature()
         if signature != self._cache_signature:
@@ -125,20 +127,20 @@ class S4(nn.Module):
         return self._cached(("spectrum", L), lambda: kernel_spectrum(self.kernel(L)))
 
     @torch._disable_dynamo
-    def cached_chunk_operands(self) -> ChunkOperands:
-        """The chunked scan's operands (any length; the kernel's dtype and device), computed once per weights.
+    def cached_chunk_tables(self) -> ChunkTables:
+        """The chunked scan's tables (any length; the kernel's dtype and device), computed once per weights.
 
         Built from the kernel's diagonal form (:func:`~ldns_fast.ssm.diagonal.diagonal_form`, which
         raises :class:`~ldns_fast.ssm.diagonal.DiagonalFormError` for an ill-conditioned DPLR kernel).
         """
         ref = self.kernel.log_dt
-        return self._cached(("chunked",), lambda: chunk_operands(
-            chunk_tables(diagonal_form(self.kernel), dtype=ref.dtype, device=ref.device)))
+        return self._cached(("chunked",), lambda: chunk_tables(diagonal_form(self.kernel), dtype=ref.dtype,
+                                                               device=ref.device))
 
     @torch._disable_dynamo
     def cached_chunk_plan(self, L: int) -> ChunkPlan:
-        """The chunked scan's decays for length ``L``, computed once per weights and ``L``."""
-        return self._cached(("chunk-scan", L), lambda: chunk_plan(self.cached_chunk_operands(), L))
+        """The chunked scan's plan (cuts, decays, gathers) for length ``L``, made once per weights and ``L``."""
+        return self._cached(("chunk-scan", L), lambda: chunk_plan(self.cached_chunk_tables(), L))
 
     def _check_input(self, u: object) -> torch.Tensor:
         if not isinstance(u, torch.Tensor) or u.dim() != 3 or not u.is_floating_point():
@@ -166,7 +168,7 @@ class S4(nn.Module):
                                      "parameters (use torch.no_grad(), freeze the kernel, or conv='fft')")
                 return fft_conv(u, self.kernel(L), self.D)
             if self.conv == "chunked":
-                return chunked_conv(u, self.cached_chunk_operands(), self.D, self.cached_chunk_plan(L))
+                return chunked_conv(u, self.cached_chunk_tables(), self.D, self.cached_chunk_plan(L))
             spectrum = self.cached_spectrum(L)
         elif tuple(spectrum.shape) != (self.d_model, L + 1) or not spectrum.is_complex():
             raise ValueError(

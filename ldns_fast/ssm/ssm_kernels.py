@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ldns_fast.kernels import cauchy_kernel, vandermonde_kernel
+from ldns_fast.validation import require_even_state
 
 from .hippo import hippo_legs_dplr
 
@@ -28,11 +29,6 @@ def _complex_parameter(z: torch.Tensor) -> nn.Parameter:
 def _random_complex(*shape: int) -> torch.Tensor:
     """Complex normal samples with variance 1/2 in each of the real and imaginary parts."""
     return torch.complex(torch.randn(*shape), torch.randn(*shape)) * math.sqrt(0.5)
-
-
-def _require_state_size(d_state: int) -> None:
-    if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-        raise ValueError(f"d_state must be an even integer >= 2, got {d_state!r}")
 
 
 class _SSMKernel(nn.Module):
@@ -104,7 +100,7 @@ class DiagonalKernel(_SSMKernel):
         dt_max: float = 1e-1,
         backend: str = "auto",
     ) -> None:
-        _require_state_size(d_state)
+        require_even_state(d_state, "d_state")
         if disc not in ("zoh", "bilinear"):
             raise ValueError(f"disc must be 'zoh' or 'bilinear', got {disc!r}")
         if init == "legs":
@@ -175,7 +171,7 @@ class DPLRKernel(_SSMKernel):
         dt_max: float = 1e-1,
         backend: str = "auto",
     ) -> None:
-        _require_state_size(d_state)
+        require_even_state(d_state, "d_state")
         Lambda, P, B = hippo_legs_dplr(d_state)
         super().__init__(d_model, Lambda, B, bidirectional, dt_min, dt_max, backend)
         self.P = _complex_parameter(P.expand(d_model, -1))
