@@ -9,7 +9,9 @@ masked), so no layer reshuffles its bins.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +128,19 @@ def crop(t: torch.Tensor, conv: str, L: int) -> torch.Tensor:
     return t if conv != "chunked" else t.index_select(-1, torch.arange(L, device=t.device))
 
 
+@contextlib.contextmanager
+def prepared(layers: list[DiagonalS4], L: int) -> Iterator[None]:
+    """Every layer's convolution operand built for length ``L`` (once per graph call, shared by its steps),
+    forgotten afterwards."""
+    for layer in layers:
+        layer.prepare(L)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.prepare(None)
+
+
 def to_diagonal_s4(model: nn.Module, conv: str, max_length: int) -> nn.Module:
     """A copy of ``model`` (eval mode) with every :class:`S4` replaced by a :class:`DiagonalS4`."""
     model = copy.deepcopy(model).eval().cpu()
@@ -151,11 +166,9 @@ class DenoiserStep(nn.Module):
     ) -> torch.Tensor:
         L = x.shape[-1]
         padded = padded_length(self.conv, L)
-        for layer in self.layers:
-            layer.prepare(L)
-        out = self.denoiser(pad(x, self.conv), t, valid_mask(lengths, padded), conditions, pad(behavior, self.conv))
-        for layer in self.layers:
-            layer.prepare(None)
+        with prepared(self.layers, L):
+            out = self.denoiser(pad(x, self.conv), t, valid_mask(lengths, padded), conditions,
+                                pad(behavior, self.conv))
         return crop(out, self.conv, L)
 
 
@@ -206,15 +219,12 @@ class UnrolledSampler(nn.Module):
         padded = padded_length(self.conv, L)  # the denoiser runs on whole chunks; the padding stays masked
         mask, behavior = valid_mask(lengths, padded), pad(behavior, self.conv)
         model_fn = guided(self.denoiser, mask, conditions, behavior, self.guidance_scale)
-        for layer in self.layers:
-            layer.prepare(L)
         self.sampler.reset()
         x = pad(noise, self.conv)
-        for t in self.timesteps:
-            t_batch = torch.full((noise.shape[0],), t, dtype=torch.long, device=noise.device)
-            x = self.sampler.step(model_fn(x, t_batch), t, x)
-        for layer in self.layers:
-            layer.prepare(None)
+        with prepared(self.layers, L):
+            for t in self.timesteps:
+                t_batch = torch.full((noise.shape[0],), t, dtype=torch.long, device=noise.device)
+                x = self.sampler.step(model_fn(x, t_batch), t, x)
         mask = valid_mask(lengths, L)
         latents = LatentStats(self.latent_mean, self.latent_std).denormalise(crop(x, self.conv, L), mask)
         return latents, self.decoder(latents) * mask[:, None]

@@ -27,7 +27,8 @@ from ldns_fast.validation import is_integer, is_number
 DEFAULT_MAX_BINS = 1 << 16
 # Calls of at least this many bins (trials x padded length) run on CPU in a session without onnxruntime's memory
 # arena: a long recording's activations are freed as they die instead of staying reserved (a 180,000-bin trial:
-# about 1.7 GiB resident peak instead of 2.9 GiB, no slower); shorter calls keep the arena (faster there).
+# 1.77 GiB resident peak instead of 2.90 GiB; benchmarks/results/long_recordings_cpu.md); shorter calls keep
+# the arena (faster there).
 ARENA_FREE_BINS = 1 << 17
 # Poisson counts drawn at once (neurons x bins): bounds the int64 draws of a long trial (8 MiB).
 POISSON_BLOCK = 1 << 20
@@ -202,7 +203,7 @@ class OnnxSampler:
         if self._arena_free is None:
             import onnxruntime as ort
 
-            self._options.enable_cpu_mem_arena = False
+            self._options.enable_cpu_mem_arena = False  # self.session copied the options when it was made
             self._arena_free = ort.InferenceSession(str(self.path), self._options, providers=self._providers)
         return self._arena_free
 

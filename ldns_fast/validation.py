@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ def check_conditions(
 def is_integer(value: object, numpy: bool = False) -> bool:
     """Whether ``value`` is an integer: a Python ``int`` (or, with ``numpy``, any integral type such as
     ``np.int64``), never a ``bool``."""
-    import numbers
-
     return not isinstance(value, bool) and isinstance(value, numbers.Integral if numpy else int)
 
 

@@ -43,8 +43,7 @@ CHUNK = 128
 
 def chunk_shape(L: int, chunk: int = CHUNK) -> tuple[int, int]:
     """``(C, q)``: the number of chunks and bins per chunk (the last padded) for a sequence of ``L >= 1`` bins."""
-    n_chunks = L // chunk
-    n_chunks = max(n_chunks, 1) if isinstance(n_chunks, int) else torch.sym_max(n_chunks, 1)
+    n_chunks = torch.sym_max(L // chunk, 1)  # builtin max for ints; a size expression when traced
     return n_chunks, (L + n_chunks - 1) // n_chunks
 
 
@@ -116,8 +115,7 @@ class ChunkPlan:
     the directions side by side; ``sources [C']``: the chunks whose states are computed (all ``C``, or none
     when ``C = 1``); ``scanned [n_kernels n]``: their (chunk, direction) rows in scan order; ``read
     [C n_kernels]``: for each chunk and direction, 1 + the scanned row it reads, or 0 for none (a zero row);
-    ``levels``: :class:`ScanLevel` ``k`` (decay ``a^(2^k)``, ``a = mu^q``). The gathers depend on ``L`` alone
-    (the layers of a traced graph share them).
+    ``levels``: :class:`ScanLevel` ``k`` (decay ``a^(2^k)``, ``a = mu^q``). The gathers depend on ``L`` alone.
     """
 
     toeplitz: torch.Tensor
@@ -182,9 +180,11 @@ def chunk_plan(tables: ChunkTables, L: int, steps: int | None = None) -> ChunkPl
         re, im = z.unbind(1)
         return states(torch.stack([w_re[k] * re - w_im[k] * im, -(w_re[k] * im + w_im[k] * re)], 1))
 
-    flipped = q - 1 - bins  # causal state input and anti-causal readout: mu^(q - 1 - j)
-    ins = [states(powers(flipped)), states(powers(bins))][:n_kernels]
-    outs = [readout(0, powers(bins + 1)), readout(1, powers(flipped)) if n_kernels == 2 else None][:n_kernels]
+    flipped = q - 1 - bins
+    ins, outs = [states(powers(flipped))], [readout(0, powers(bins + 1))]  # causal: mu^(q - 1 - j), w mu^(i + 1)
+    if n_kernels == 2:  # anti-causal: mu^j, w mu^(q - 1 - i)
+        ins.append(states(powers(bins)))
+        outs.append(readout(1, powers(flipped)))
     scale = q * 2 ** torch.arange(steps, dtype=torch.float64, device=log_mu.device)  # a^(2^k) = mu^scale
     log_a = log_mu[:, None] * scale[:, None, None]  # [2, steps, H, M]
     a_re, a_im = torch.exp(log_a[0]) * torch.cos(log_a[1]), torch.exp(log_a[0]) * torch.sin(log_a[1])
@@ -202,7 +202,7 @@ def chunk_plan(tables: ChunkTables, L: int, steps: int | None = None) -> ChunkPl
     position = torch.arange(C - 1, device=device)
     order = torch.stack([position, C - 1 - position][:n_kernels])  # [n_kernels, n]: chunks in scan order
     source = torch.stack([chunk - 1, C - 2 - chunk][:n_kernels], 1)  # [C, n_kernels]: scan position read
-    computed = C if isinstance(C, int) and C > 1 else (0 if isinstance(C, int) else torch.sym_min(C, C * (C - 1)))
+    computed = torch.sym_min(C, C * (C - 1))  # every chunk's state input, none for a single chunk
     return ChunkPlan(
         toeplitz=tables.folded.index_select(-1, lag.reshape(-1)).reshape(H, q, q),
         state_in=torch.cat(ins, -1), readout=torch.cat(outs, -1),
