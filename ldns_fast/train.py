@@ -104,20 +104,23 @@ def settings_layers(args: argparse.Namespace) -> list[dict]:
     return [file, flags, parse_overrides(args.set)]
 
 
-def build_config(args: argparse.Namespace, stored: RunConfig | None = None) -> RunConfig:
+def build_config(
+    args: argparse.Namespace, stored: RunConfig | None = None, layers: list[dict] | None = None,
+) -> RunConfig:
     """Base (``--preset``, else the resumed run's ``stored`` config, else the cpu preset) -> YAML file ->
-    flags -> ``--set`` overrides. The data-derived sizes are not resolved yet (:meth:`RunConfig.resolve`)."""
+    flags -> ``--set`` overrides (``layers``: :func:`settings_layers`, read here when not given). The
+    data-derived sizes are not resolved yet (:meth:`RunConfig.resolve`)."""
     config = preset(args.preset or "cpu") if stored is None or args.preset else stored
-    for layer in settings_layers(args):
+    for layer in settings_layers(args) if layers is None else layers:
         config = merge(config, layer)
     return config
 
 
-def chosen_settings(args: argparse.Namespace) -> set[str]:
-    """Dotted names of the settings the command line sets (``--config`` file, flags, ``--set``): the
+def chosen_settings(layers: list[dict]) -> set[str]:
+    """Dotted names of the settings that the command line's ``layers`` (:func:`settings_layers`) set: the
     data-derived sizes among them must agree with the data (:meth:`RunConfig.resolve`)."""
     given: dict = {}
-    for layer in settings_layers(args):
+    for layer in layers:
         given = update_nested(given, layer)
     return setting_names(given)
 
@@ -221,9 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_device(args.device)
         check_output_dir(out)
         stored = _stored_config(out) if args.resume else None
-        config = build_config(args, stored)
+        layers = settings_layers(args)  # the --config file is read once
+        config = build_config(args, stored, layers)
         data = load_data(config)
-        config = config.resolve(data, chosen_settings(args))  # what config.yaml and the checkpoints hold
+        config = config.resolve(data, chosen_settings(layers))  # what config.yaml and the checkpoints hold
         _check_settings(config)
         if stored is not None:
             _check_resumed_settings(stored.resolve(data), config, out)

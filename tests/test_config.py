@@ -16,7 +16,7 @@ from ldns_fast.checkpoint import save_yaml
 from ldns_fast.config import DATA_SIZES, RunConfig, from_dict, load_config, merge, preset, to_dict
 from ldns_fast.data import LorenzConfig, SpikeData, read_dataset, write_dataset
 from ldns_fast.spike_history import SpikeHistoryConfig
-from ldns_fast.train import build_config, chosen_settings
+from ldns_fast.train import build_config, chosen_settings, settings_layers
 from ldns_fast.train import parser as train_parser
 
 
@@ -171,7 +171,7 @@ def test_chosen_settings_are_those_the_command_line_sets(tmp_path: Path) -> None
     path.write_text("preset: paper\nautoencoder:\n  n_neurons: 10\n")
     args = train_parser().parse_args(["--config", str(path), "--seed", "2", "--spike-history",
                                       "--set", "denoiser.cond_dim=2", "--set", "data.lorenz.n_trials=60"])
-    assert chosen_settings(args) == {"autoencoder.n_neurons", "seed", "spike_history.enabled", "denoiser.cond_dim",
+    assert chosen_settings(settings_layers(args)) == {"autoencoder.n_neurons", "seed", "spike_history.enabled", "denoiser.cond_dim",
                                      "data.lorenz.n_trials"}
 
 
