@@ -9,8 +9,9 @@ import sys
 
 RATIO_KEYS = (
     "speedup_vs_naive", "memory_ratio", "speedup_vs_ddpm1000", "speedup_vs_eager", "speedup_vs_torch_eager",
-    "speedup_vs_unfused", "speedup_vs_recompute", "ratio_to_corrcoef",
+    "speedup_vs_unfused", "speedup_vs_recompute", "ratio_to_corrcoef", "auto_vs_best",
 )
+CHOICE_KEYS = ("auto_backend", "best_backend")
 
 
 def rows(report: dict) -> list[str]:
@@ -18,7 +19,8 @@ def rows(report: dict) -> list[str]:
     out = ["| benchmark | median (ms) | peak (MiB) | ratios (same run) |", "|---|---|---|---|"]
     for bench in report["benchmarks"]:
         info = bench["extra_info"]
-        ratios = ", ".join(f"{k}={info[k]:.2f}" for k in RATIO_KEYS if k in info)
+        ratios = ", ".join([f"{k}={info[k]:.2f}" for k in RATIO_KEYS if k in info]
+                           + [f"{k}={info[k]}" for k in CHOICE_KEYS if k in info])
         peak = f"{info['peak_bytes'] / 2**20:.1f}" if "peak_bytes" in info else "-"
         out.append(f"| {bench['name']} | {bench['stats']['median'] * 1e3:.2f} | {peak} | {ratios} |")
     return out

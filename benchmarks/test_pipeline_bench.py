@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from benchmarks.common import DEVICE, median_seconds, run_benchmark
+from benchmarks.memory import timing_allocator
 
 from ldns_fast.config import preset
 from ldns_fast.diffusion import DiffusionSchedule, make_sampler, sample
@@ -75,7 +76,8 @@ def training_step(compiled: bool):
 
 @pytest.fixture(scope="module")
 def eager_step_seconds() -> float:
-    return median_seconds(training_step(compiled=False), rounds=5)
+    with timing_allocator():
+        return median_seconds(training_step(compiled=False), rounds=5)
 
 
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
@@ -83,7 +85,8 @@ def test_autoencoder_training_step(benchmark, eager_step_seconds, mode):
     benchmark.group = f"autoencoder training step B={BATCH} L={LENGTH}"
     call = training_step(compiled=mode == "compiled")
     call()  # compile outside the timed rounds
-    median = run_benchmark(benchmark, call, rounds=5)
+    with timing_allocator():
+        median = run_benchmark(benchmark, call, rounds=5)
     benchmark.extra_info.update(
         device=str(DEVICE), mode=mode, eager_seconds=eager_step_seconds,
         speedup_vs_eager=eager_step_seconds / median, trials_per_second=BATCH / median,

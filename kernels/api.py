@@ -1,12 +1,11 @@
 """Public kernel entry points with input checks and backend dispatch.
 
-``vandermonde_kernel`` (S4D) and ``cauchy_kernel`` (DPLR S4) run on one of three backends:
+``vandermonde_kernel`` (S4D) and ``cauchy_kernel`` (DPLR S4) run on one of four backends:
+``"naive"`` (the materialising formulas of :mod:`.reference`: every term held at once),
 ``"torch"`` (exact, float64-capable, bounded memory), ``"keops"`` (pykeops lazy reductions) and
 ``"triton"`` (custom forward/backward kernels; compiled on CUDA, interpreted on CPU tensors). Every
 backend runs behind the same custom ops (:mod:`.ops`), so ``torch.compile`` traces them without breaks.
-``"auto"`` picks Triton on CUDA and the torch path on CPU. On CPU, keops is faster for long Cauchy sums
-(``benchmarks/results/cpu-2core.md``) but compiles its formulas once per host and runs its own OpenMP
-pool beside torch's, so it is chosen explicitly (``backend="keops"``) rather than by ``"auto"``.
+``"auto"`` picks one per device and problem size from a cost model (:mod:`.dispatch`).
 """
 from __future__ import annotations
 
@@ -14,8 +13,9 @@ import torch
 
 from . import ops
 from .checks import common_complex_dtype, require_complex, require_length, require_states, same_device
+from .dispatch import auto_cauchy_backend, auto_vandermonde_backend
 
-BACKENDS = ("torch", "keops", "triton")
+BACKENDS = ("naive", "torch", "keops", "triton")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -25,7 +25,7 @@ class BackendUnavailableError(RuntimeError):
 def backend_status(backend: str, device: torch.device | str = "cpu") -> tuple[bool, str]:
     """Whether ``backend`` can run on ``device``, and the reason when it cannot."""
     device = torch.device(device)
-    if backend == "torch":
+    if backend in ("naive", "torch"):
         return True, ""
     if backend == "keops":
         from .keops_backend import keops_status
@@ -44,7 +44,8 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``"auto"`` to a concrete backend for ``device``; check an explicit choice is usable."""
+    """Map ``"auto"`` to Triton on CUDA, else torch (the fused ops' choice); check an explicit choice is
+    usable."""
     if backend == "auto":
         if device.type == "cuda" and backend_status("triton", device)[0]:
             return "triton"
@@ -69,7 +70,7 @@ def vandermonde_kernel(
         v: complex ``[H, Np]`` output weights (e.g. discretised ``C * B``).
         x: complex ``[H, Np]`` log of the discrete state eigenvalues (``log dA``).
         L: kernel length (positive int).
-        backend: ``"auto"``, ``"torch"``, ``"keops"`` or ``"triton"``.
+        backend: ``"auto"`` (:func:`.dispatch.auto_vandermonde_backend`) or one of :data:`BACKENDS`.
         check_finite: reject NaN/inf inputs and an overflowing kernel (``Re(x) > 0`` at long ``L``; one
             device sync; turn off inside graph capture).
     Returns:
@@ -86,7 +87,25 @@ def vandermonde_kernel(
     device = same_device(v=v, x=x)
     dtype = common_complex_dtype(v, x)
     v, x = v.to(dtype), x.to(dtype)
+    if backend == "auto":
+        backend = auto_vandermonde_backend(device, *v.shape, L)
     return ops.vandermonde(v, x, L, resolve_backend(backend, device), check_finite)
+
+
+def _shared_poles(v: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(v [R, P, Np], w [P, Np])`` from broadcastable ``v, w [..., Np]``: the leading batch dimensions
+    over which w is constant become the rows R sharing its poles (the rest, P, is w's own batch)."""
+    batch = torch.broadcast_shapes(v.shape[:-1], w.shape[:-1])
+    w_batch = (1,) * (len(batch) - (w.dim() - 1)) + tuple(w.shape[:-1])
+    split = len(batch)
+    while split > 0 and w_batch[split - 1] == batch[split - 1]:
+        split -= 1
+    if any(size != 1 for size in w_batch[:split]):  # w varies inside the shared part: one pole set per row
+        split = 0
+    Np = v.shape[-1]
+    shared = batch[split:]
+    v = v.expand(*batch, Np).reshape(-1, *shared, Np).reshape(-1, shared.numel(), Np)
+    return v, w.reshape(*w_batch[split:], Np).expand(*shared, Np).reshape(shared.numel(), Np)
 
 
 def cauchy_kernel(
@@ -97,8 +116,10 @@ def cauchy_kernel(
     Args:
         v: complex ``[..., Np]`` numerators.
         z: complex ``[M]`` evaluation nodes (constant: no gradient flows to z).
-        w: complex ``[..., Np]`` poles; broadcast against ``v``.
-        backend: ``"auto"``, ``"torch"``, ``"keops"`` or ``"triton"``.
+        w: complex ``[..., Np]`` poles; broadcast against ``v``. Poles shared by several rows of ``v``
+            (w broadcast over v's leading dimensions, as in the DPLR kernel) are evaluated once for all of
+            them.
+        backend: ``"auto"`` (:func:`.dispatch.auto_cauchy_backend`) or one of :data:`BACKENDS`.
         check_finite: reject NaN/inf inputs and a node on a pole (one device sync; turn off inside graph
             capture).
     Returns:
@@ -114,7 +135,7 @@ def cauchy_kernel(
     if v.shape[-1] != w.shape[-1]:
         raise ValueError(f"v and w must share the state size Np, got {v.shape[-1]} and {w.shape[-1]}")
     try:
-        v, w = torch.broadcast_tensors(v, w)
+        batch = torch.broadcast_shapes(v.shape[:-1], w.shape[:-1])
     except RuntimeError as err:
         raise ValueError(
             f"batch shapes of v {tuple(v.shape)} and w {tuple(w.shape)} do not broadcast"
@@ -122,7 +143,9 @@ def cauchy_kernel(
     device = same_device(v=v, z=z, w=w)
     dtype = common_complex_dtype(v, z, w)
     v, z, w = v.to(dtype), z.to(dtype), w.to(dtype)
-    batch, Np = v.shape[:-1], v.shape[-1]
-    require_states(Np)
-    out = ops.cauchy(v.reshape(-1, Np), z, w.reshape(-1, Np), resolve_backend(backend, device), check_finite)
+    require_states(v.shape[-1])
+    v, w = _shared_poles(v, w)
+    if backend == "auto":
+        backend = auto_cauchy_backend(device, *v.shape, z.shape[0])
+    out = ops.cauchy(v, z, w, resolve_backend(backend, device), check_finite)
     return out.reshape(*batch, z.shape[0])

@@ -1,7 +1,7 @@
 """The kernels as torch custom ops (``torch.ops.ldns_fast.*``), forward and backward, on every backend.
 
-Each op takes the name of a resolved backend (``"torch"``, ``"keops"`` or ``"triton"``) and runs that
-backend module's ``<op>_<backend>`` (forward) or ``<op>_<backend>_backward`` (the analytic gradient,
+Each op takes the name of a resolved backend (``"naive"``, ``"torch"``, ``"keops"`` or ``"triton"``) and runs
+that backend module's ``<op>_<backend>`` (forward) or ``<op>_<backend>_backward`` (the analytic gradient,
 itself an op). Fake implementations give output shapes and dtypes without running anything, and the
 gradients are registered with ``register_autograd``, so ``torch.compile`` traces through the ops as
 opaque nodes (no graph break, on CPU and CUDA alike) and ``torch.library.opcheck`` can test them.
@@ -26,7 +26,9 @@ from torch.library import custom_op
 from .checks import require_finite
 from .torch_backend import accumulation_dtype
 
-_MODULES = {"torch": ".torch_backend", "keops": ".keops_backend", "triton": ".triton_backend"}
+_MODULES = {"naive": ".reference", "torch": ".torch_backend", "keops": ".keops_backend", "triton": ".triton_backend"}
+# Backends whose Cauchy sums take one pole set per row (``[rows, Np]``): the op expands shared poles for them.
+_ROW_CAUCHY = ("keops", "triton")
 
 # Inductor options for compiling models with DPLR S4 layers (``torch.compile(model, options=...)``). With
 # its convolution layout optimisation on, torch 2.13's inductor returns wrong gradients for the DPLR
@@ -94,14 +96,32 @@ vandermonde.register_autograd(_vandermonde_grad, setup_context=_vandermonde_setu
 # ---------------------------------------------------------------- Cauchy
 
 
+def _cauchy_forward(v: Tensor, z: Tensor, w: Tensor, backend: str) -> Tensor:
+    fn = implementation("cauchy", backend)
+    if backend not in _ROW_CAUCHY:
+        return fn(v, z, w)
+    R, P, Np = v.shape
+    return fn(v.reshape(R * P, Np), z, w.expand(R, P, Np).reshape(R * P, Np)).reshape(R, P, -1)
+
+
+def _cauchy_backward(grad: Tensor, v: Tensor, z: Tensor, w: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    fn = implementation("cauchy", backend, backward=True)
+    if backend not in _ROW_CAUCHY:
+        return fn(grad, v, z, w)
+    R, P, Np = v.shape
+    dv, dw = fn(grad.reshape(R * P, -1), v.reshape(R * P, Np), z, w.expand(R, P, Np).reshape(R * P, Np))
+    return dv.reshape(R, P, Np), dw.reshape(R, P, Np).sum(0)
+
+
 @custom_op("ldns_fast::cauchy", mutates_args=())
 def cauchy(v: Tensor, z: Tensor, w: Tensor, backend: str, check_finite: bool) -> Tensor:
-    """``r [rows, M] = sum_n v/(z - w) + conj(v)/(z - conj w)``; v, w complex ``[rows, Np]``, z ``[M]``."""
+    """``r [R, P, M] = sum_n v/(z - w) + conj(v)/(z - conj w)``; v complex ``[R, P, Np]``, poles w
+    ``[P, Np]`` shared by the R rows of each p, z ``[M]``."""
     if check_finite:
         require_finite("v", v)
         require_finite("z", z)
         require_finite("w", w)
-    out = implementation("cauchy", backend)(*_materialised(v, z, w))
+    out = _cauchy_forward(*_materialised(v, z, w), backend)
     if check_finite and not bool(torch.isfinite(out).all()):
         raise ValueError("the Cauchy sum is not finite: a node z lies on (or next to) a pole w or conj(w)")
     return out
@@ -109,13 +129,13 @@ def cauchy(v: Tensor, z: Tensor, w: Tensor, backend: str, check_finite: bool) ->
 
 @cauchy.register_fake
 def _(v, z, w, backend, check_finite):
-    return v.new_empty((v.shape[0], z.shape[0]))
+    return v.new_empty((*v.shape[:2], z.shape[0]))
 
 
 @custom_op("ldns_fast::cauchy_backward", mutates_args=())
 def cauchy_backward(grad: Tensor, v: Tensor, z: Tensor, w: Tensor, backend: str) -> tuple[Tensor, Tensor]:
-    """``(dv, dw)`` for the upstream gradient ``grad [rows, M]`` (z is constant)."""
-    return implementation("cauchy", backend, backward=True)(*_materialised(grad, v, z, w))
+    """``(dv [R, P, Np], dw [P, Np])`` for the upstream gradient ``grad [R, P, M]`` (z is constant)."""
+    return _cauchy_backward(*_materialised(grad, v, z, w), backend)
 
 
 @cauchy_backward.register_fake

@@ -3,8 +3,9 @@
 Vandermonde: powers are split as ``z^(bT + j) = z^(bT) z^j`` so the sum over the state becomes one real
 batched matmul ``[H, L/T, 2Np] @ [H, 2Np, T]`` (memory O(H Np (T + L/T)) instead of O(H Np L)); the
 backward is the same split with the roles of state and position swapped.
-Cauchy: the frequency axis is processed in chunks, forward and backward, so no ``[..., Np, M]`` tensor
-is ever held.
+Cauchy: the poles are shared by several rows (the DPLR kernel's four Woodbury terms and its directions), so
+the Cauchy matrices ``[P, Np, M]`` are built once and applied to every row by complex batched matmuls; the
+frequency axis is processed in chunks, forward and backward, so no ``[R, P, Np, M]`` tensor is ever held.
 Fused denoiser-block ops: ``torch.native_layer_norm`` plus elementwise ops, analytic gradients.
 
 Each ``<op>_torch`` has an ``<op>_torch_backward``; :mod:`.ops` wires them into autograd.
@@ -16,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Elements of a [rows, Np, chunk] complex temporary in the chunked Cauchy loops.
+# Complex elements of the Cauchy loops' temporaries ([P, Np, chunk] each) per chunk of frequencies.
 CAUCHY_CHUNK_ELEMENTS = 1 << 21
 
 
@@ -66,39 +67,55 @@ def vandermonde_torch_backward(grad: torch.Tensor, v: torch.Tensor, x: torch.Ten
     return 2 * s0, 2 * v.conj_physical() * s1
 
 
-def _chunks(rows: int, Np: int, M: int) -> tuple[range, int]:
-    """Chunk starts along the frequency axis and the chunk size bounding the temporaries."""
-    step = max(1, CAUCHY_CHUNK_ELEMENTS // max(1, rows * Np))
-    return range(0, M, step), step
+def _frequency_step(P: int, Np: int, temporaries: int) -> int:
+    """Frequencies per chunk so that ``temporaries`` complex ``[P, Np, chunk]`` tensors stay bounded."""
+    return max(1, CAUCHY_CHUNK_ELEMENTS // max(1, temporaries * P * Np))
 
 
 def cauchy_torch(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Cauchy sum over conjugate pairs; v, w complex ``[rows, Np]``, z ``[M]`` -> ``[rows, M]``."""
-    rows, Np = v.shape
-    starts, step = _chunks(rows, Np, z.shape[0])
-    out = torch.empty(rows, z.shape[0], dtype=v.dtype, device=v.device)
-    vv, ww = v.unsqueeze(-1), w.unsqueeze(-1)
-    for s in starts:
+    """Cauchy sum over conjugate pairs; v ``[R, P, Np]``, poles w ``[P, Np]`` shared by the R rows, z ``[M]``
+    -> ``[R, P, M]``.
+
+    With ``A = 1/(z - w)`` and ``A' = 1/(conj(z) - w)`` (``[P, Np, M]``, built once per chunk of
+    frequencies for all R rows), ``conj(v)/(z - conj(w)) = conj(v A')``, so the sum is two complex batched
+    matmuls ``v A + conj(v A')``.
+    """
+    R, P, Np = v.shape
+    M = z.shape[0]
+    step = _frequency_step(P, Np, 2)
+    out = torch.empty(R, P, M, dtype=v.dtype, device=v.device)
+    rows, poles = v.transpose(0, 1), w.unsqueeze(-1)  # [P, R, Np], [P, Np, 1]
+    for s in range(0, M, step):
         zc = z[s : s + step]
-        out[:, s : s + step] = (vv / (zc - ww) + vv.conj_physical() / (zc - ww.conj_physical())).sum(-2)
+        direct, mirrored = 1 / (zc - poles), 1 / (zc.conj_physical() - poles)
+        part = torch.bmm(rows, direct) + torch.bmm(rows, mirrored).conj_physical()  # [P, R, m]
+        out[:, :, s : s + step] = part.transpose(0, 1)
     return out
 
 
 def cauchy_torch_backward(grad: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
                           w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dv, dw)`` of :func:`cauchy_torch` (z is constant) for ``grad [rows, M]``, chunked like it."""
-    rows, Np = v.shape
-    starts, step = _chunks(rows, Np, z.shape[0])
-    gv = torch.zeros_like(v)
-    gw_sum = torch.zeros_like(w)
-    ww = w.unsqueeze(-1)
-    for s in starts:
-        zc, g = z[s : s + step], grad[:, None, s : s + step]  # g: [rows, 1, m]
-        c = 1 / (zc - ww)  # [rows, Np, m]
-        d = 1 / (zc - ww.conj_physical())
-        gv += (g * c.conj_physical() + g.conj_physical() * d).sum(-1)
-        gw_sum += (g * c.conj_physical() ** 2 + g.conj_physical() * d**2).sum(-1)
-    return gv, v.conj_physical() * gw_sum
+    """``(dv [R, P, Np], dw [P, Np])`` of :func:`cauchy_torch` (z is constant) for ``grad [R, P, M]``.
+
+    ``dv = g conj(A)^T + conj(g A'^T)`` and ``dw = sum_r conj(v) (g conj(A^2)^T + conj(g A'^2^T))``: the
+    four products are one batched matmul of ``g`` with ``[conj A, A', conj A^2, A'^2]``.
+    """
+    R, P, Np = v.shape
+    M = z.shape[0]
+    step = _frequency_step(P, Np, 8)
+    g = grad.transpose(0, 1).to(v.dtype)  # [P, R, M]
+    sums = torch.zeros(P, R, 4 * Np, dtype=v.dtype, device=v.device)
+    poles = w.unsqueeze(-2)  # [P, 1, Np]
+    for s in range(0, M, step):
+        zc = z[s : s + step, None]
+        direct = (1 / (zc - poles)).conj_physical()  # [P, m, Np]
+        mirrored = 1 / (zc.conj_physical() - poles)
+        sums += torch.bmm(g[:, :, s : s + step], torch.cat([direct, mirrored, direct * direct,
+                                                            mirrored * mirrored], dim=-1))
+    s0, s1, s2, s3 = sums.split(Np, dim=-1)  # each [P, R, Np]
+    dv = s0 + s1.conj_physical()
+    dw = (v.transpose(0, 1).conj_physical() * (s2 + s3.conj_physical())).sum(1)
+    return dv.transpose(0, 1).contiguous(), dw
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -19,7 +19,9 @@ from ldns_fast.kernels import (
     vandermonde_kernel,
     vandermonde_naive,
 )
+from ldns_fast.kernels import ops
 from ldns_fast.kernels.api import resolve_backend
+from ldns_fast.kernels.dispatch import NAIVE_MAX_ELEMENTS, auto_vandermonde_backend
 
 
 ALL = [backend_param(b) for b in BACKENDS]
@@ -104,10 +106,13 @@ def test_cauchy_matches_float64_reference(backend, batch, Np, L, dtype):
 
 
 @pytest.mark.parametrize("backend", ALL)
-def test_cauchy_broadcasts_poles_over_numerators(backend):
-    """v [4, H, Np] with shared poles w [H, Np], as in the DPLR kernel's four Cauchy sums."""
-    v, _ = ssm_inputs((4, 3, 8), seed=1)
-    _, w = ssm_inputs((3, 8), seed=2)
+@pytest.mark.parametrize("v_batch,w_batch", [((4, 3), (3,)), ((2, 2, 3), (1, 3)), ((1, 3), (2, 1)), ((2, 3), (2, 3))],
+                         ids=["shared", "shared-leading-one", "poles-vary-over-rows", "no-sharing"])
+def test_cauchy_broadcasts_poles_over_numerators(backend, v_batch, w_batch):
+    """Poles shared by several rows (v [4, H, Np], w [H, Np], as in the DPLR kernel's four Cauchy sums) and
+    broadcasts where they are not shared."""
+    v, _ = ssm_inputs((*v_batch, 8), seed=1)
+    _, w = ssm_inputs((*w_batch, 8), seed=2)
     z = bilinear_nodes(64)
     check_grads(
         lambda v, w: cauchy_kernel(v, z.to(v.dtype), w, backend),
@@ -116,11 +121,25 @@ def test_cauchy_broadcasts_poles_over_numerators(backend):
     )
 
 
-def test_auto_backend_on_cpu_is_torch_and_correct():
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    v, x = ssm_inputs((2, 8), seed=4)
-    out = vandermonde_kernel(v.to(torch.complex64), x.to(torch.complex64), 50)
-    assert rel_err(out, vandermonde_naive(v, x, 50)) < 1e-5
+@pytest.mark.parametrize("H,L,expected", [(2, 50, "naive"), (64, 140, "torch")])
+def test_auto_backend_follows_the_cost_model_and_is_correct(monkeypatch, H, L, expected):
+    """On CPU ``auto`` takes the naive formula for tiny problems (up to NAIVE_MAX_ELEMENTS terms) and the
+    torch path above; the op really runs the chosen backend, and the result matches float64."""
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"  # the fused ops' choice
+    called = []
+    real = ops.implementation
+    monkeypatch.setattr(ops, "implementation", lambda kind, backend, backward=False: (
+        called.append((kind, backend)) or real(kind, backend, backward)))
+    v, x = ssm_inputs((H, 8), seed=4)
+    out = vandermonde_kernel(v.to(torch.complex64), x.to(torch.complex64), L)
+    assert rel_err(out, vandermonde_naive(v, x, L)) < 1e-5
+    z = bilinear_nodes(L)
+    r = cauchy_kernel(v.to(torch.complex64)[None].expand(4, H, 8), z.to(torch.complex64), x.to(torch.complex64))
+    assert rel_err(r, cauchy_naive(v[None].expand(4, H, 8), z, x)) < 1e-5
+    assert called == [("vandermonde", expected), ("cauchy", expected)]
+    assert auto_vandermonde_backend(torch.device("cpu"), H, 8, L) == expected
+    big = (H * 8 * L > NAIVE_MAX_ELEMENTS, 4 * H * 8 * z.numel() > NAIVE_MAX_ELEMENTS)
+    assert big == ((expected == "torch"),) * 2
 
 
 def test_mixed_precision_inputs_promote_to_complex128():

@@ -132,6 +132,24 @@ class DiagonalKernel(_SSMKernel):
         return K.reshape(n_kernels, H, L)
 
 
+def conjugate_pair_power(c: torch.Tensor, M: torch.Tensor, L: int) -> torch.Tensor:
+    """The first half of ``[c, conj(c)] M^L``: c complex ``[..., H, Np]``, M complex ``[H, N, N]`` (N = 2 Np)
+    of the conjugate-pair form ``[[X, Y], [conj Y, conj X]]`` (as the DPLR ``dA``) -> complex ``[..., H, Np]``.
+
+    Such an M is similar to a real matrix through the change to real and imaginary coordinates
+    ``T = [[I, I], [-i I, i I]] / 2``: ``T M T^-1 = [[Re(X + Y), Im(Y - X)], [Im(X + Y), Re(X - Y)]]``, and
+    ``[c, conj c] T^-1 = [2 Re c, -2 Im c]``. The power is taken of that real matrix (a real matmul costs a
+    quarter of a complex one), and ``[a, b] T`` has the first half ``(a - i b) / 2``.
+    """
+    Np = c.shape[-1]
+    X, Y = M[..., :Np, :Np], M[..., :Np, Np:]
+    real = torch.cat([torch.cat([(X + Y).real, (Y - X).imag], dim=-1),
+                      torch.cat([(X + Y).imag, (X - Y).real], dim=-1)], dim=-2)  # [H, N, N]
+    row = torch.cat([2 * c.real, -2 * c.imag], dim=-1).unsqueeze(-2)  # [..., H, 1, N]
+    out = (row @ torch.linalg.matrix_power(real, L)).squeeze(-2)
+    return torch.complex(out[..., :Np], -out[..., Np:]) / 2
+
+
 def bilinear_nodes(L: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Cauchy nodes for frequencies ``k = 0 .. ceil(L/2) - 1`` (all of rfft's except ``omega = -1``).
 
@@ -150,9 +168,10 @@ class DPLRKernel(_SSMKernel):
     """Original S4 kernel (bilinear): ``K[l] = C_full dA^l dB`` for ``A = diag(Lambda) - P P^H``.
 
     Computed from the truncated generating function ``C~ (I - omega dA)^{-1} dB`` at the roots of unity,
-    ``C~ = C_full (I - dA^L)``, with the rank-1 Woodbury identity over four Cauchy sums
-    (:func:`cauchy_kernel`), then an inverse real FFT. ``dA^L`` is formed functionally for each ``L``
-    (dense ``N x N`` matrix power per channel, by repeated squaring); no parameter is ever mutated.
+    ``C~ = C_full (I - dA^L)``, with the rank-1 Woodbury identity over four Cauchy sums (one
+    :func:`cauchy_kernel` call: the sums share their poles), then an inverse real FFT. ``C_full dA^L`` is
+    formed functionally for each ``L`` (:func:`conjugate_pair_power`: a real ``N x N`` matrix power per
+    channel, by repeated squaring); no parameter is ever mutated.
 
     Args:
         d_model: channels ``H``.
@@ -199,11 +218,8 @@ class DPLRKernel(_SSMKernel):
     def forward(self, L: int) -> torch.Tensor:
         """Real kernel ``[n_kernels, H, L]``."""
         dt, Lambda, P, B, C = self.dt(), self.A(), self.P_complex(), self.B_complex(), self.C_complex()
-        Np, nk = Lambda.shape[-1], self.n_kernels
-        C_full = torch.cat([C, C.conj()], dim=-1)  # [nk, H, N]
-        dA_L = torch.linalg.matrix_power(self.discrete_state_matrix(), L)  # [H, N, N]
-        C_tilde = C_full - (C_full.unsqueeze(-2) @ dA_L).squeeze(-2)
-        C_tilde = C_tilde[..., :Np]  # conjugate-symmetric: the first half determines it
+        nk = self.n_kernels
+        C_tilde = C - conjugate_pair_power(C, self.discrete_state_matrix(), L)  # [nk, H, Np]
 
         z, scale = bilinear_nodes(L, Lambda.dtype, Lambda.device)
         left = torch.cat([C_tilde, P.conj().unsqueeze(0)], dim=0)  # [nk + 1, H, Np]: (C~ || Q)

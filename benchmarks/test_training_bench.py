@@ -1,0 +1,84 @@
+"""Training and sampling steps at the paper's Lorenz sizes against the naive materialising path, same run.
+
+The naive path is the same model with ``backend="naive"``: the S4 kernels by the materialising formulas
+(every Cauchy or Vandermonde term held at once, as the research code computes them); everything else is
+shared. Batch 64, state 64, random weights, DPLR and S4D layers, L = 256 and 2,048:
+
+- ``test_denoiser_step[recomputed]``: forward and backward of the denoiser (4 blocks x 64 channels), the
+  kernels recomputed as in training;
+- ``test_denoiser_step[cached]``: a sampling step (no gradient), the kernel spectra cached per length;
+- ``test_autoencoder_step``: forward, loss and backward of the autoencoder (4 blocks x 256 channels).
+
+Timed with the heap allocator settings of :func:`benchmarks.memory.timing_allocator`. ``extra_info``: ``naive_seconds`` and ``speedup_vs_naive`` (naive median / median). Run:
+``pytest benchmarks/test_training_bench.py --benchmark-only``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from benchmarks.common import DEVICE, median_seconds, run_benchmark
+from benchmarks.memory import timing_allocator
+
+from ldns_fast.models import Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig, autoencoder_loss
+
+BATCH = 64
+CASES = [(mode, L) for L in (256, 2048) for mode in ("dplr", "diag")]
+
+
+def rounds(L: int) -> int:
+    return 3 if L <= 256 else 2
+
+
+def denoiser_step(mode: str, L: int, backend: str, cached: bool):
+    torch.manual_seed(0)
+    model = Denoiser(DenoiserConfig(ssm_mode=mode, backend=backend)).to(DEVICE)
+    with torch.no_grad():  # leave the adaLN-Zero identity so every block does real work
+        for block in model.blocks:
+            block.modulation.weight.normal_(0, 0.02)
+    x = torch.randn(BATCH, model.config.latent, L, device=DEVICE)
+    t = torch.randint(0, 1000, (BATCH,), device=DEVICE)
+
+    def call() -> None:
+        if cached:
+            with torch.no_grad():
+                model(x, t)
+        else:
+            model.zero_grad(set_to_none=True)
+            model(x, t).square().mean().backward()
+
+    return call
+
+
+def autoencoder_step(mode: str, L: int, backend: str):
+    torch.manual_seed(0)
+    config = AutoencoderConfig(ssm_mode=mode, backend=backend)
+    model = Autoencoder(config).to(DEVICE)
+    spikes = torch.poisson(torch.full((BATCH, config.n_neurons, L), 0.2, device=DEVICE))
+    mask = torch.ones(BATCH, L, device=DEVICE)
+
+    def call() -> None:
+        model.zero_grad(set_to_none=True)
+        autoencoder_loss(model, config, spikes, mask, torch.Generator(DEVICE).manual_seed(0))["loss"].backward()
+
+    return call
+
+
+def record(benchmark, make, mode: str, L: int) -> None:
+    with timing_allocator():
+        naive = median_seconds(make("naive"), rounds(L))
+        median = run_benchmark(benchmark, make("auto"), rounds(L))
+    benchmark.extra_info.update(device=str(DEVICE), mode=mode, L=L, naive_seconds=naive,
+                                speedup_vs_naive=naive / median, trials_per_second=BATCH / median)
+
+
+@pytest.mark.parametrize("mode,L", CASES)
+@pytest.mark.parametrize("kernels", ["recomputed", "cached"])
+def test_denoiser_step(benchmark, kernels, mode, L):
+    benchmark.group = f"denoiser step {kernels}"
+    record(benchmark, lambda backend: denoiser_step(mode, L, backend, kernels == "cached"), mode, L)
+
+
+@pytest.mark.parametrize("mode,L", CASES)
+def test_autoencoder_step(benchmark, mode, L):
+    benchmark.group = "autoencoder training step"
+    record(benchmark, lambda backend: autoencoder_step(mode, L, backend), mode, L)
