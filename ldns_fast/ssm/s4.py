@@ -47,7 +47,7 @@ class S4(nn.Module):
         init: ``"legs"`` or ``"lin"`` (``"lin"`` only with ``mode="diag"``).
         bidirectional: also convolve with a second, anti-causal kernel.
         dt_min, dt_max: range of the log-uniform initial step sizes.
-        backend: kernel backend (``"auto"``, ``"torch"``, ``"keops"``, ``"triton"``).
+        backend: kernel backend (``"auto"``, ``"naive"``, ``"torch"``, ``"keops"``, ``"triton"``).
         conv: ``"fft"`` or ``"chunked"`` (inference only; see the module docstring).
     """
 
