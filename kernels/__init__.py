@@ -5,9 +5,9 @@
 - :func:`modulated_norm`, :func:`gelu_gate_residual`: the denoiser block's fused adaLN norm and gated
   GELU residual on ``[B, C, L]`` (:mod:`ldns_fast.kernels.fused`).
 
-Backends: ``"naive"``, ``"torch"``, ``"keops"``, ``"triton"`` and ``"auto"`` (:mod:`.dispatch`); see
-:mod:`ldns_fast.kernels.api` (the fused block ops have ``"torch"``, ``"triton"`` and ``"auto"``). Every backend runs behind the torch
-custom ops of :mod:`.ops`; :mod:`.aot` compiles the Triton kernels for CUDA targets without a GPU.
+Backends: ``"naive"``, ``"torch"``, ``"keops"``, ``"triton"`` and ``"auto"`` (a cost model per device and
+size); see :mod:`ldns_fast.kernels.api` (the fused block ops have ``"torch"``, ``"triton"`` and ``"auto"``).
+Every backend runs behind the torch custom ops of :mod:`.ops`; :mod:`.aot` compiles the Triton kernels for CUDA targets without a GPU.
 Importing this package imports no Triton (:mod:`.triton_backend` loads it on first use).
 """
 from .api import (

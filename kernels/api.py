@@ -5,7 +5,15 @@
 ``"torch"`` (exact, float64-capable, bounded memory), ``"keops"`` (pykeops lazy reductions) and
 ``"triton"`` (custom forward/backward kernels; compiled on CUDA, interpreted on CPU tensors). Every
 backend runs behind the same custom ops (:mod:`.ops`), so ``torch.compile`` traces them without breaks.
-``"auto"`` picks one per device and problem size from a cost model (:mod:`.dispatch`).
+``"auto"`` picks one per device and problem size (:func:`resolve_backend`): a static cost model,
+deterministic (a seeded run makes the same choice on every host), calibrated on 2 CPU cores with
+``benchmarks/test_dispatch_bench.py`` (``benchmarks/results/dispatch_cpu.md``):
+
+- CPU: the naive formula while it materialises at most :data:`NAIVE_MAX_ELEMENTS` complex terms (below
+  that its single pass beats the tiled path's extra ops: up to 1.5x at 1-4 channels), else the torch
+  path, which measured fastest at every larger shape forward and backward (L = 140 .. 65,536,
+  H = 64 .. 512: 2.6-68x the naive formula, 1.7-11.5x keops).
+- CUDA: Triton when it is available, else the torch path (not timed on a GPU yet).
 """
 from __future__ import annotations
 
@@ -13,9 +21,10 @@ import torch
 
 from . import ops
 from .checks import common_complex_dtype, require_complex, require_length, require_states, same_device
-from .dispatch import auto_cauchy_backend, auto_vandermonde_backend
-
 BACKENDS = ("naive", "torch", "keops", "triton")
+# Materialised complex terms (rows x Np x L for Vandermonde, R x P x Np x M for Cauchy) up to which the
+# naive formula is the faster one on CPU (measured crossover: 4,096-12,000 terms).
+NAIVE_MAX_ELEMENTS = 8192
 
 
 class BackendUnavailableError(RuntimeError):
@@ -43,12 +52,18 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in BACKENDS if backend_status(b, device)[0]]
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``"auto"`` to Triton on CUDA, else torch (the fused ops' choice); check an explicit choice is
-    usable."""
+def resolve_backend(backend: str, device: torch.device, terms: int | None = None) -> str:
+    """Map ``"auto"`` to a concrete backend for ``device``; check an explicit choice is usable.
+
+    ``terms``: the complex terms the naive formula would materialise for this problem (SSM kernels only);
+    on CPU ``"auto"`` takes the naive formula up to :data:`NAIVE_MAX_ELEMENTS` of them. Without it (the
+    fused ops) ``"auto"`` is Triton on CUDA, else torch.
+    """
     if backend == "auto":
         if device.type == "cuda" and backend_status("triton", device)[0]:
             return "triton"
+        if device.type == "cpu" and terms is not None and terms <= NAIVE_MAX_ELEMENTS:
+            return "naive"
         return "torch"
     ok, why = backend_status(backend, device)
     if not ok:
@@ -70,7 +85,7 @@ def vandermonde_kernel(
         v: complex ``[H, Np]`` output weights (e.g. discretised ``C * B``).
         x: complex ``[H, Np]`` log of the discrete state eigenvalues (``log dA``).
         L: kernel length (positive int).
-        backend: ``"auto"`` (:func:`.dispatch.auto_vandermonde_backend`) or one of :data:`BACKENDS`.
+        backend: ``"auto"`` (see :func:`resolve_backend`) or one of :data:`BACKENDS`.
         check_finite: reject NaN/inf inputs and an overflowing kernel (``Re(x) > 0`` at long ``L``; one
             device sync; turn off inside graph capture).
     Returns:
@@ -87,9 +102,7 @@ def vandermonde_kernel(
     device = same_device(v=v, x=x)
     dtype = common_complex_dtype(v, x)
     v, x = v.to(dtype), x.to(dtype)
-    if backend == "auto":
-        backend = auto_vandermonde_backend(device, *v.shape, L)
-    return ops.vandermonde(v, x, L, resolve_backend(backend, device), check_finite)
+    return ops.vandermonde(v, x, L, resolve_backend(backend, device, terms=v.numel() * L), check_finite)
 
 
 def _shared_poles(v: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +117,7 @@ def _shared_poles(v: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch
         split = 0
     Np = v.shape[-1]
     shared = batch[split:]
-    v = v.expand(*batch, Np).reshape(-1, *shared, Np).reshape(-1, shared.numel(), Np)
+    v = v.expand(*batch, Np).reshape(-1, shared.numel(), Np)
     return v, w.reshape(*w_batch[split:], Np).expand(*shared, Np).reshape(shared.numel(), Np)
 
 
@@ -119,7 +132,7 @@ def cauchy_kernel(
         w: complex ``[..., Np]`` poles; broadcast against ``v``. Poles shared by several rows of ``v``
             (w broadcast over v's leading dimensions, as in the DPLR kernel) are evaluated once for all of
             them.
-        backend: ``"auto"`` (:func:`.dispatch.auto_cauchy_backend`) or one of :data:`BACKENDS`.
+        backend: ``"auto"`` (see :func:`resolve_backend`) or one of :data:`BACKENDS`.
         check_finite: reject NaN/inf inputs and a node on a pole (one device sync; turn off inside graph
             capture).
     Returns:
@@ -145,7 +158,5 @@ def cauchy_kernel(
     v, z, w = v.to(dtype), z.to(dtype), w.to(dtype)
     require_states(v.shape[-1])
     v, w = _shared_poles(v, w)
-    if backend == "auto":
-        backend = auto_cauchy_backend(device, *v.shape, z.shape[0])
-    out = ops.cauchy(v, z, w, resolve_backend(backend, device), check_finite)
+    out = ops.cauchy(v, z, w, resolve_backend(backend, device, terms=v.numel() * z.shape[0]), check_finite)
     return out.reshape(*batch, z.shape[0])

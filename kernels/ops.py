@@ -96,21 +96,27 @@ vandermonde.register_autograd(_vandermonde_grad, setup_context=_vandermonde_setu
 # ---------------------------------------------------------------- Cauchy
 
 
+def _rows(v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """``v [R, P, Np]`` and shared poles ``w [P, Np]`` as one pole set per row: two ``[R * P, Np]``."""
+    R, P, Np = v.shape
+    return v.reshape(R * P, Np), w.expand(R, P, Np).reshape(R * P, Np)
+
+
 def _cauchy_forward(v: Tensor, z: Tensor, w: Tensor, backend: str) -> Tensor:
     fn = implementation("cauchy", backend)
     if backend not in _ROW_CAUCHY:
         return fn(v, z, w)
-    R, P, Np = v.shape
-    return fn(v.reshape(R * P, Np), z, w.expand(R, P, Np).reshape(R * P, Np)).reshape(R, P, -1)
+    v_rows, w_rows = _rows(v, w)
+    return fn(v_rows, z, w_rows).reshape(*v.shape[:2], -1)
 
 
 def _cauchy_backward(grad: Tensor, v: Tensor, z: Tensor, w: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     fn = implementation("cauchy", backend, backward=True)
     if backend not in _ROW_CAUCHY:
         return fn(grad, v, z, w)
-    R, P, Np = v.shape
-    dv, dw = fn(grad.reshape(R * P, -1), v.reshape(R * P, Np), z, w.expand(R, P, Np).reshape(R * P, Np))
-    return dv.reshape(R, P, Np), dw.reshape(R, P, Np).sum(0)
+    v_rows, w_rows = _rows(v, w)
+    dv, dw = fn(grad.reshape(v_rows.shape[0], -1), v_rows, z, w_rows)
+    return dv.reshape(v.shape), dw.reshape(v.shape).sum(0)
 
 
 @custom_op("ldns_fast::cauchy", mutates_args=())

@@ -3,7 +3,7 @@ baseline (the research code's way: every term held at once).
 
 They build the full ``[H, Np, L]`` (Vandermonde) or ``[..., Np, M]`` (Cauchy) complex tensor, so memory
 is O(H * Np * L); the backward passes materialise the same tensors. ``backend="auto"`` picks them only
-for small problems (:mod:`.dispatch`).
+for small problems (:func:`.api.resolve_backend`).
 """
 from __future__ import annotations
 

@@ -20,8 +20,7 @@ from ldns_fast.kernels import (
     vandermonde_naive,
 )
 from ldns_fast.kernels import ops
-from ldns_fast.kernels.api import resolve_backend
-from ldns_fast.kernels.dispatch import NAIVE_MAX_ELEMENTS, auto_vandermonde_backend
+from ldns_fast.kernels.api import NAIVE_MAX_ELEMENTS, resolve_backend
 
 
 ALL = [backend_param(b) for b in BACKENDS]
@@ -137,7 +136,7 @@ def test_auto_backend_follows_the_cost_model_and_is_correct(monkeypatch, H, L, e
     r = cauchy_kernel(v.to(torch.complex64)[None].expand(4, H, 8), z.to(torch.complex64), x.to(torch.complex64))
     assert rel_err(r, cauchy_naive(v[None].expand(4, H, 8), z, x)) < 1e-5
     assert called == [("vandermonde", expected), ("cauchy", expected)]
-    assert auto_vandermonde_backend(torch.device("cpu"), H, 8, L) == expected
+    assert resolve_backend("auto", torch.device("cpu"), terms=H * 8 * L) == expected
     big = (H * 8 * L > NAIVE_MAX_ELEMENTS, 4 * H * 8 * z.numel() > NAIVE_MAX_ELEMENTS)
     assert big == ((expected == "torch"),) * 2
 
