@@ -12,11 +12,13 @@ import contextlib
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx_ir
 import torch
 from torch import nn
 
@@ -27,6 +29,7 @@ from ldns_fast.pipeline import LDNS
 from ldns_fast.ssm.chunked import CHUNK, capacity, steps_for
 from ldns_fast.validation import is_integer
 
+from .by_length import dispatch_by_length
 from .errors import ExportError
 from .modules import CONV_MODES, KERNEL_CHUNK, Decoder, DenoiserStep, UnrolledSampler
 
@@ -39,6 +42,10 @@ DIRECT_MAX_LENGTH = 256
 # max_length for more); each further level doubles the capacity for about fifteen small nodes per S4 layer
 # (they run on one state or none at shorter lengths).
 CHUNKED_MIN_CAPACITY = 1 << 20
+# Chunked sampler and denoiser graphs run trials shorter than this (one chunk: chunk_shape) through a direct
+# graph inside them (an ONNX If): the same q x q Toeplitz product, without the scan levels such a trial leaves
+# empty (64 x 140 bins: 1.79x the direct graph's time without it; benchmarks/results/long_recordings_cpu.md).
+ONE_CHUNK_BELOW = 2 * CHUNK
 # Relative error allowed between onnxruntime and torch on the export's example inputs.
 EXPORT_TOLERANCE = 1e-4
 SAMPLER_FILE, DENOISER_FILE, DECODER_FILE = "sampler.onnx", "denoiser.onnx", "decoder.onnx"
@@ -95,20 +102,24 @@ def export_onnx(
     example = _example_inputs(ldns)
     cond = {n: example[n] for n, on in (("conditions", c.cond_dim), ("behavior", c.behavior_channels)) if on}
 
-    sampler_module = UnrolledSampler(
-        ldns.denoiser, ldns.autoencoder, ldns.schedule, ldns.latent_mean, ldns.latent_std,
-        sampler, steps, conv, max_length, guidance_scale,
-    )
-    _export(sampler_module, {"noise": example["noise"], "lengths": example["lengths"], **cond},
+    def sampler_module(conv: str) -> UnrolledSampler:
+        return UnrolledSampler(ldns.denoiser, ldns.autoencoder, ldns.schedule, ldns.latent_mean, ldns.latent_std,
+                               sampler, steps, conv, max_length, guidance_scale)
+
+    def denoiser_module(conv: str) -> DenoiserStep:
+        return DenoiserStep(ldns.denoiser, conv, max_length)
+
+    short = "direct" if conv == "chunked" else None  # what runs one-chunk trials (ONE_CHUNK_BELOW)
+    _export(sampler_module, conv, short, {"noise": example["noise"], "lengths": example["lengths"], **cond},
             ["latents", "rates"], files.sampler,
-            {**base, "graph": "sampler", "sampler": sampler, "steps": steps, "timesteps": sampler_module.timesteps,
-             "guidance_scale": guidance_scale})
-    _export(DenoiserStep(ldns.denoiser, conv, max_length), {"x": example["noise"], "t": example["t"],
-            "lengths": example["lengths"], **cond}, ["output"], files.denoiser,
+            {**base, "graph": "sampler", "sampler": sampler, "steps": steps,
+             "timesteps": sampler_module(conv).timesteps, "guidance_scale": guidance_scale})
+    _export(denoiser_module, conv, short, {"x": example["noise"], "t": example["t"], "lengths": example["lengths"],
+            **cond}, ["output"], files.denoiser,
             {**base, "graph": "denoiser", "prediction_type": ldns.schedule.prediction_type,
              "alphas_cumprod": ldns.schedule.alphas_cumprod.tolist()})
-    _export(Decoder(ldns.autoencoder), {"latents": example["noise"]}, ["rates"], files.decoder,
-            {**base, "graph": "decoder", "max_length": None})  # pointwise in time: any length
+    _export(lambda conv: Decoder(ldns.autoencoder), conv, None, {"latents": example["noise"]}, ["rates"],
+            files.decoder, {**base, "graph": "decoder", "max_length": None, "direct_below": None})  # pointwise in time
     return files
 
 
@@ -122,6 +133,7 @@ def _metadata(ldns: LDNS, conv: str, max_length: int) -> dict:
         "behavior_channels": c.denoiser.behavior_channels, "conv": conv,
         "chunk": CHUNK if conv == "chunked" else None,
         "max_length": None if conv == "fft" else max_length,
+        "direct_below": ONE_CHUNK_BELOW if conv == "chunked" else None,  # lengths run by the inner direct graph
         "latent_mean": ldns.latent_mean.tolist(), "latent_std": ldns.latent_std.tolist(),
         # onnxruntime re-uses DFT buffers across dynamic lengths wrongly: FFT graphs need reuse off.
         "session_options": {"enable_mem_reuse": conv != "fft"},
@@ -166,9 +178,48 @@ def _fused_ops_in_torch_form() -> Iterator[None]:
 
 
 def _export(
-    module: nn.Module, inputs: dict[str, torch.Tensor], output_names: list[str], path: Path, metadata: dict,
+    make: Callable[[str], nn.Module], conv: str, short: str | None, inputs: dict[str, torch.Tensor],
+    output_names: list[str], path: Path, metadata: dict,
 ) -> None:
-    """Trace ``module(**inputs)`` with dynamic batch/length axes, check it in onnxruntime, write it atomically."""
+    """Trace ``make(conv)(**inputs)`` with dynamic batch/length axes, check it in onnxruntime, write it atomically.
+
+    ``short``: a convolution mode whose graph (``make(short)``) runs inputs shorter than :data:`ONE_CHUNK_BELOW`
+    bins inside the written one (:func:`~ldns_fast.export.by_length.dispatch_by_length`); both branches are
+    checked."""
+    module = make(conv)
+    model, expected = _trace(module, inputs, output_names)
+    checks = [(inputs, expected)]
+    if short is not None:
+        model = dispatch_by_length(_trace(make(short), inputs, output_names)[0], model, next(iter(inputs)),
+                                   ONE_CHUNK_BELOW)
+        short_inputs = _shortened(inputs, ONE_CHUNK_BELOW - 1)
+        with torch.no_grad():
+            checks.append((short_inputs, _as_tuple(module(**short_inputs))))
+    for key, value in {**metadata, "inputs": list(inputs), "outputs": output_names}.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+
+    def write(tmp: str) -> None:
+        onnx.save_model(model, tmp)
+        for feed, want in checks:
+            _check_in_onnxruntime(tmp, feed, want, metadata)
+
+    atomic_write(path, write)
+
+
+def _as_tuple(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _shortened(inputs: dict[str, torch.Tensor], L: int) -> dict[str, torch.Tensor]:
+    """``inputs`` cut to their first ``L`` bins (``[B, C, L]`` tensors), with ``lengths`` clamped to ``L``."""
+    return {name: value.clamp_max(L) if name == "lengths" else value[..., :L] if value.dim() == 3 else value
+            for name, value in inputs.items()}
+
+
+def _trace(
+    module: nn.Module, inputs: dict[str, torch.Tensor], output_names: list[str],
+) -> tuple[onnx.ModelProto, tuple[torch.Tensor, ...]]:
+    """``module(**inputs)`` traced with dynamic batch/length axes and simplified, and its outputs on ``inputs``."""
     batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
     axes = {"t": {0: batch}, "lengths": {0: batch}, "conditions": {0: batch}}
     shapes = {name: axes.get(name, {0: batch, 2: length}) for name in inputs}
@@ -188,15 +239,7 @@ def _export(
             dynamic_shapes=shapes, dynamo=True, verbose=False, optimize=False,
         )
     _simplify(program.model)
-    for key, value in {**metadata, "inputs": list(inputs), "outputs": output_names}.items():
-        program.model.metadata_props[key] = json.dumps(value)
-    expected = expected if isinstance(expected, tuple) else (expected,)
-
-    def write(tmp: str) -> None:
-        program.save(tmp)
-        _check_in_onnxruntime(tmp, inputs, expected, metadata)
-
-    atomic_write(path, write)
+    return onnx_ir.serde.serialize_model(program.model), _as_tuple(expected)
 
 
 def _simplify(model: object) -> None:

@@ -176,7 +176,7 @@ def test_denoiser_and_decoder_graphs_match_torch(conditional) -> None:
     assert relative_error(run_session(out / "decoder.onnx", {"latents": x.numpy()})[0], want_rates) < TOL
 
 
-@pytest.mark.parametrize("lengths", [[24, 24], [1], [129, 128, 127, 2], [1000, 257, 3]])
+@pytest.mark.parametrize("lengths", [[24, 24], [1], [129, 128, 127, 2], [255, 3], [256], [1000, 257, 3]])
 def test_chunked_sampler_graph_matches_torch_for_unseen_lengths(chunked, lengths: list[int]) -> None:
     model, out = chunked
     lengths = torch.tensor(lengths)
@@ -240,9 +240,8 @@ def test_chunked_graphs_hold_only_operators_of_the_cuda_provider(chunked, condit
         assert "MatMul" in ops and "DFT" in op_types(conditional[1] / f"{graph}.onnx")
 
 
-def tensor_sizes(path: Path, feed: dict[str, np.ndarray]) -> dict[str, int]:
-    """Element count of every tensor a graph computes from ``feed``, by node (subgraph nodes included; no
-    fusion), from onnxruntime's profile of one run."""
+def profiled_nodes(path: Path, feed: dict[str, np.ndarray]) -> list[dict]:
+    """onnxruntime's profile events of every node run on ``feed`` (subgraph nodes included; no fusion)."""
     import json
 
     import onnxruntime as ort
@@ -255,13 +254,51 @@ def tensor_sizes(path: Path, feed: dict[str, np.ndarray]) -> dict[str, int]:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     session.run(None, feed)
     events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    assert nodes, "the profile lists no node"
+    return nodes
+
+
+@pytest.mark.parametrize("graph", ["sampler", "denoiser"])
+def test_chunked_graphs_run_one_chunk_trials_through_their_direct_graph(chunked, graph: str) -> None:
+    _, out = chunked
+    path = out / f"{graph}.onnx"
+    assert read_metadata(path)["direct_below"] == 2 * CHUNK  # one chunk: fewer than 2 CHUNK bins
+
+    def branches(L: int) -> set[str]:
+        feed = {"noise" if graph == "sampler" else "x": np.zeros((1, 4, L), np.float32), "lengths": np.array([L])}
+        if graph == "denoiser":
+            feed["t"] = np.array([500])
+        names = {e["name"] for e in profiled_nodes(path, feed)}
+        return {branch for branch in ("short/", "long/") if any(n.startswith(branch) for n in names)}
+
+    assert branches(2 * CHUNK - 1) == {"short/"} and branches(2 * CHUNK) == {"long/"}
+    ops = op_types(path)
+    assert "If" in ops and "Less" in ops
+
+
+def test_dispatch_by_length_refuses_graphs_of_different_signatures(chunked, unconditional) -> None:
+    import onnx
+
+    from ldns_fast.export.by_length import dispatch_by_length
+
+    sampler, denoiser = (onnx.load(str(chunked[1] / f"{g}.onnx")) for g in ("sampler", "denoiser"))
+    with pytest.raises(ValueError, match="different inputs"):
+        dispatch_by_length(sampler, denoiser, "noise", 10)
+    with pytest.raises(ValueError, match="holds a subgraph"):  # an If-dispatched graph is not flat
+        dispatch_by_length(sampler, sampler, "noise", 10)
+    flat = onnx.load(str(unconditional[1] / "decoder.onnx"))
+    with pytest.raises(ValueError, match="'rates' is not an input"):
+        dispatch_by_length(flat, flat, "rates", 10)
+
+
+def tensor_sizes(path: Path, feed: dict[str, np.ndarray]) -> dict[str, int]:
+    """Element count of every tensor a graph computes from ``feed``, by node (:func:`profiled_nodes`)."""
     sizes = {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            shapes = [shape for output in event["args"].get("output_type_shape", []) for shape in output.values()]
-            size = max([int(np.prod(shape)) for shape in shapes], default=0)
-            sizes[event["name"]] = max(size, sizes.get(event["name"], 0))
-    assert sizes, "the profile lists no node"
+    for event in profiled_nodes(path, feed):
+        shapes = [shape for output in event["args"].get("output_type_shape", []) for shape in output.values()]
+        size = max([int(np.prod(shape)) for shape in shapes], default=0)
+        sizes[event["name"]] = max(size, sizes.get(event["name"], 0))
     return sizes
 
 
