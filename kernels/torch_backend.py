@@ -29,12 +29,19 @@ def _tiled_powers(x: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor, 
     """
     tile = min(L, 1 << max(4, math.ceil(math.log2(math.sqrt(L)))))
     n_tiles = math.ceil(L / tile)
-    x64 = x.to(torch.complex128)
     j = torch.arange(tile, device=x.device, dtype=torch.float64)
     anchors = torch.arange(n_tiles, device=x.device, dtype=torch.float64) * tile
-    inner = torch.exp(x64.unsqueeze(-1) * j).to(x.dtype)
-    outer = torch.exp(x64.unsqueeze(1) * anchors[:, None]).to(x.dtype)
+    inner = _complex_exp(x.unsqueeze(-1), j)
+    outer = _complex_exp(x.unsqueeze(1), anchors[:, None])
     return inner, outer, anchors.to(x.real.dtype)
+
+
+def _complex_exp(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``exp(x t)`` in x's dtype for complex x and real float64 t (broadcast), evaluated as
+    ``exp(Re) (cos + i sin)`` in float64 (twice as fast on CPU as a complex128 exp, same values)."""
+    x64 = x.to(torch.complex128)
+    magnitude, phase = torch.exp(x64.real * t), x64.imag * t
+    return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase)).to(x.dtype)
 
 
 def vandermonde_torch(v: torch.Tensor, x: torch.Tensor, L: int) -> torch.Tensor:
@@ -105,13 +112,15 @@ def cauchy_torch_backward(grad: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
     step = _frequency_step(P, Np, 8)
     g = grad.transpose(0, 1).to(v.dtype)  # [P, R, M]
     sums = torch.zeros(P, R, 4 * Np, dtype=v.dtype, device=v.device)
-    poles = w.unsqueeze(-2)  # [P, 1, Np]
+    poles, poles_conj = w.unsqueeze(-2), w.conj_physical().unsqueeze(-2)  # [P, 1, Np]
+    terms = torch.empty(P, min(step, M), 4, Np, dtype=v.dtype, device=v.device)
     for s in range(0, M, step):
-        zc = z[s : s + step, None]
-        direct = (1 / (zc - poles)).conj_physical()  # [P, m, Np]
-        mirrored = 1 / (zc.conj_physical() - poles)
-        sums += torch.bmm(g[:, :, s : s + step], torch.cat([direct, mirrored, direct * direct,
-                                                            mirrored * mirrored], dim=-1))
+        zc = z[s : s + step, None].conj_physical()
+        part = terms[:, : zc.shape[0]]  # written in place: [conj A, A', conj A^2, A'^2], [P, m, 4, Np]
+        torch.reciprocal(zc - poles_conj, out=part[:, :, 0])
+        torch.reciprocal(zc - poles, out=part[:, :, 1])
+        torch.mul(part[:, :, :2], part[:, :, :2], out=part[:, :, 2:])
+        sums.baddbmm_(g[:, :, s : s + step], part.flatten(2))
     s0, s1, s2, s3 = sums.split(Np, dim=-1)  # each [P, R, Np]
     dv = s0 + s1.conj_physical()
     dw = (v.transpose(0, 1).conj_physical() * (s2 + s3.conj_physical())).sum(1)

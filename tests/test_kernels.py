@@ -19,7 +19,7 @@ from ldns_fast.kernels import (
     vandermonde_kernel,
     vandermonde_naive,
 )
-from ldns_fast.kernels import ops
+from ldns_fast.kernels import ops, torch_backend
 from ldns_fast.kernels.api import NAIVE_MAX_ELEMENTS, resolve_backend
 
 
@@ -117,6 +117,20 @@ def test_cauchy_broadcasts_poles_over_numerators(backend, v_batch, w_batch):
         lambda v, w: cauchy_kernel(v, z.to(v.dtype), w, backend),
         lambda v, w: cauchy_naive(v, z, w),
         [v, w], torch.complex64, 1e-5, seed=3,
+    )
+
+
+def test_torch_cauchy_by_frequency_chunks_matches_float64(monkeypatch):
+    """The torch path evaluates the frequencies in chunks, forward and backward; with chunks of 16 (forward)
+    and 4 (backward) of the 50 frequencies, the last one partial, it still matches the float64 formula."""
+    monkeypatch.setattr(torch_backend, "CAUCHY_CHUNK_ELEMENTS", 8 * 2 * 4 * 4)
+    v, _ = ssm_inputs((3, 2, 4), seed=5)
+    _, w = ssm_inputs((2, 4), seed=6)
+    z = bilinear_nodes(100)
+    check_grads(
+        lambda v, w: cauchy_kernel(v, z.to(v.dtype), w, "torch"),
+        lambda v, w: cauchy_naive(v, z, w),
+        [v, w], torch.complex128, 1e-10, seed=7,
     )
 
 

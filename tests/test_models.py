@@ -19,7 +19,7 @@ from ldns_fast.kernels import backend_status
 from ldns_fast.models import Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig, autoencoder_loss
 from ldns_fast.models.autoencoder import smoothness_penalty
 from ldns_fast.models.denoiser import DenoiserBlock, timestep_features
-from ldns_fast.models.layers import PointwiseMLP
+from ldns_fast.models.layers import Pointwise
 from ldns_fast.training.ema import EMA
 
 N_NEURONS, HIDDEN, LATENT, D_STATE = 10, 16, 4, 8
@@ -676,21 +676,23 @@ def test_compiled_training_step_matches_eager() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_pointwise_mlp_as_matmuls_in_training_equals_the_convolutions() -> None:
-    """Training mode runs the 1x1 convolutions as channel matmuls; outputs and weight gradients equal the
-    convolutions' (eval mode, float64, 1e-12)."""
+@pytest.mark.parametrize("in_channels,out_channels,groups", [(5, 7, 1), (6, 6, 6), (6, 4, 2)],
+                         ids=["matmul", "depthwise", "grouped-conv"])
+def test_pointwise_layers_train_as_the_convolution(in_channels: int, out_channels: int, groups: int) -> None:
+    """Training mode runs an ungrouped 1x1 layer as a batched matmul and a depthwise one as w x + b (other
+    grouped ones stay convolutions); outputs and gradients (input and weights) equal ``F.conv1d``'s
+    (float64, 1e-12)."""
     torch.manual_seed(0)
-    mlp = PointwiseMLP(5).double()
-    x = torch.randn(3, 5, 7, dtype=torch.float64)
-    upstream = torch.randn(3, 5, 7, dtype=torch.float64)
-    results = []
-    for training in (True, False):
-        mlp.train(training)
-        mlp.zero_grad()
-        out = mlp(x)
-        out.backward(upstream)
-        results.append((out.detach(), [p.grad.clone() for p in mlp.parameters()]))
-    (train_out, train_grads), (eval_out, eval_grads) = results
-    assert torch.allclose(train_out, eval_out, rtol=0, atol=1e-12)
-    for a, b in zip(train_grads, eval_grads):
-        assert a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=1e-12)
+    layer = Pointwise(in_channels, out_channels, groups=groups).double().train()
+    x = torch.randn(3, in_channels, 7, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, out_channels, 7, dtype=torch.float64)
+    params = [x, layer.weight, layer.bias]
+    out = layer(x)
+    grads = torch.autograd.grad(out, params, upstream)
+    expected = F.conv1d(x, layer.weight, layer.bias, groups=groups)
+    expected_grads = torch.autograd.grad(expected, params, upstream)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-12)
+    for a, b in zip(grads, expected_grads):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+

@@ -32,7 +32,7 @@ from ldns_fast.ssm import (
     kernel_spectrum,
 )
 from ldns_fast.ssm.chunked import CHUNK, chunk_plan
-from ldns_fast.ssm.ssm_kernels import conjugate_pair_power
+from ldns_fast.ssm.ssm_kernels import conjugate_pair_power, rows_times_power
 
 DPLR_LENGTHS = [1, 2, 7, 16, 33, 64, 100]
 
@@ -171,6 +171,22 @@ def test_conjugate_pair_power_matches_complex_matrix_power(L: int) -> None:
         assert rel_err(a, b) < 1e-10
 
 
+@pytest.mark.parametrize("L", [0, 1, 15, 16, 17, 255, 2049])
+def test_rows_times_power_matches_the_matrix_power(L: int) -> None:
+    """``rows M^L`` by partial squaring equals ``rows @ torch.linalg.matrix_power(M, L)``, forward and
+    gradients (float64, M of spectral norm 0.999 so long powers stay finite; rtol 1e-9)."""
+    g = torch.Generator().manual_seed(L)
+    Q, _ = torch.linalg.qr(torch.randn(3, 6, 6, generator=g, dtype=torch.float64))
+    M = (0.999 * Q).requires_grad_()
+    rows = torch.randn(3, 2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 2, 6, generator=g, dtype=torch.float64)
+    out, expected = rows_times_power(rows, M, L), rows @ torch.linalg.matrix_power(M, L)
+    assert rel_err(out, expected) < 1e-9
+    for a, b in zip(torch.autograd.grad(out, [rows, M], upstream, allow_unused=True, materialize_grads=True),
+                    torch.autograd.grad(expected, [rows, M], upstream, allow_unused=True, materialize_grads=True)):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_dplr_does_not_mutate_parameters() -> None:
     torch.manual_seed(0)
     kernel = DPLRKernel(2, 8, backend="torch")
@@ -301,6 +317,24 @@ def test_convolutions_match_the_loop_sum(n_kernels: int, L: int, with_D: bool, c
     y = conv(u, k, D)
     assert y.shape == u.shape
     assert torch.allclose(y, loop_conv(u, k, D), atol=1e-12)
+
+
+@pytest.mark.parametrize("n_kernels", [1, 2])
+@pytest.mark.parametrize("L", [1, 13, 16])
+@pytest.mark.parametrize("with_D", [True, False])
+def test_fft_conv_gradients_match_the_toeplitz_product(n_kernels: int, L: int, with_D: bool) -> None:
+    """fft_conv's analytic backward (u, k and D) equals autograd through the Toeplitz matrix product
+    (float64, random upstream gradient; tolerance 1e-12)."""
+    torch.manual_seed(L + 10 * n_kernels)
+    u = torch.randn(2, 3, L, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(n_kernels, 3, L, dtype=torch.float64, requires_grad=True)
+    D = torch.randn(3, dtype=torch.float64, requires_grad=True) if with_D else None
+    inputs = [u, k] + ([D] if with_D else [])
+    upstream = torch.randn(2, 3, L, dtype=torch.float64)
+    ours = torch.autograd.grad(fft_conv(u, k, D), inputs, upstream)
+    expected = torch.autograd.grad(direct_conv(u, k, D), inputs, upstream)
+    for a, b in zip(ours, expected):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from torch import nn
 from ldns_fast.ssm import S4
 from ldns_fast.validation import require_positive_ints
 
-from .layers import ChannelNorm, PointwiseMLP, apply_mask
+from .layers import ChannelNorm, Pointwise, PointwiseMLP, apply_mask
 
 
 @dataclass
@@ -52,7 +52,7 @@ class S4Block(nn.Module):
         super().__init__()
         self.norm1 = ChannelNorm(channels)
         self.s4 = S4(channels, d_state, mode=mode, bidirectional=bidirectional, backend=backend)
-        self.scale = nn.Conv1d(channels, channels, 1, groups=channels)
+        self.scale = Pointwise(channels, channels, groups=channels)
         self.norm2 = ChannelNorm(channels)
         self.mlp = PointwiseMLP(channels)
 
@@ -68,7 +68,7 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.inp = nn.Conv1d(c.n_neurons, c.hidden, 1)
+        self.inp = Pointwise(c.n_neurons, c.hidden)
         self.blocks = nn.ModuleList(
             S4Block(c.hidden, c.d_state, c.ssm_mode, c.bidirectional, c.backend) for _ in range(c.n_blocks)
         )
@@ -76,7 +76,7 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(
             nn.Conv1d(c.latent, c.hidden, 1, groups=c.latent),
             nn.GELU(),
-            nn.Conv1d(c.hidden, c.n_neurons, 1),
+            Pointwise(c.hidden, c.n_neurons),
             nn.Softplus(),
         )
 

@@ -19,7 +19,7 @@ from ldns_fast.kernels.fused import FUSED_BACKENDS
 from ldns_fast.ssm import S4
 from ldns_fast.validation import require_positive_ints
 
-from .layers import PointwiseMLP, apply_mask
+from .layers import Pointwise, PointwiseMLP, apply_mask
 
 
 @dataclass
@@ -120,7 +120,7 @@ class Denoiser(nn.Module):
             nn.Linear(c.time_features, c.embed_dim), nn.GELU(), nn.Linear(c.embed_dim, c.embed_dim)
         )
         extra = c.behavior_channels + 1 if c.behavior_channels else 0
-        self.inp = nn.Conv1d(c.latent + extra, c.hidden, 1)
+        self.inp = Pointwise(c.latent + extra, c.hidden)
         if c.cond_dim:
             self.cond_mlp = nn.Sequential(
                 nn.Linear(c.cond_dim, c.embed_dim), nn.GELU(), nn.Linear(c.embed_dim, c.embed_dim)
@@ -130,7 +130,7 @@ class Denoiser(nn.Module):
         )
         # No norm before the output projection: a per-step norm there strips the magnitude the noise
         # estimate needs, which leaves residual noise in deterministic (DDIM / DPM-Solver++) samples.
-        self.out = nn.Conv1d(c.hidden, c.latent, 1)
+        self.out = Pointwise(c.hidden, c.latent)
         with torch.no_grad():
             self.out.weight.mul_(0.1)
             self.out.bias.mul_(0.1)

@@ -7,7 +7,6 @@ before every S4 convolution (whose kernel taps are the same for any length).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,34 +21,43 @@ class ChannelNorm(nn.Module):
         return self.norm(x.transpose(1, 2)).transpose(1, 2)
 
 
-def pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a kernel-size-1, ungrouped ``conv`` on channels-last ``x [B, L, C]`` -> ``[B, L, C']``:
-    one matrix product (on CPU faster than a 1x1 convolution, forward and backward)."""
-    return F.linear(x, conv.weight[..., 0], conv.bias)
+class Pointwise(nn.Conv1d):
+    """A kernel-size-1 ``Conv1d`` on ``[B, C_in, L] -> [B, C_out, L]`` that trains without the convolution.
+
+    In training, an ungrouped one runs as one batched matrix product ``W [C_out, C_in] @ x`` and a
+    depthwise one (``groups = C_in = C_out``) as ``w * x + b``: on 2 CPU cores, forward and backward, the
+    same speed as the convolution at 128 x 128 bins and 1.4-1.8x faster at 2,048 bins (the convolution's
+    backward is the slow part), with no layout copies. In eval mode (sampling, export) it is the
+    convolution, so exported graphs keep their ``Conv`` ops. Parameters and state dicts are ``Conv1d``'s.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 1) -> None:
+        super().__init__(in_channels, out_channels, 1, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        if self.groups == 1:
+            return torch.baddbmm(self.bias[:, None], self.weight[..., 0].expand(x.shape[0], -1, -1), x)
+        if self.groups == self.in_channels == self.out_channels:
+            return torch.addcmul(self.bias[:, None], self.weight[:, 0], x)
+        return super().forward(x)
 
 
 class PointwiseMLP(nn.Module):
-    """Per-time-step MLP ``C -> expansion*C -> C`` with GELU: ``[B, C, L] -> [B, C, L]``.
-
-    In training the 1x1 convolutions run as matrix products over the channels (:func:`pointwise`; the
-    autoencoder's training step at the paper's sizes measured 2.14 s -> 1.80 s on 2 cores); in eval mode
-    (sampling, export) they stay convolutions, so exported graphs keep their ops. The parameters keep the
-    ``Conv1d`` layout either way.
-    """
+    """Per-time-step MLP ``C -> expansion*C -> C`` with GELU: ``[B, C, L] -> [B, C, L]`` (:class:`Pointwise`
+    layers)."""
 
     def __init__(self, channels: int, expansion: int = 2) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv1d(channels, expansion * channels, 1),
+            Pointwise(channels, expansion * channels),
             nn.GELU(),
-            nn.Conv1d(expansion * channels, channels, 1),
+            Pointwise(expansion * channels, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return self.net(x)
-        first, act, second = self.net
-        return pointwise(second, act(pointwise(first, x.transpose(1, 2)))).transpose(1, 2)
+        return self.net(x)
 
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
