@@ -36,6 +36,21 @@ def median_seconds(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(times)
 
 
+def paired_medians(fn: Callable[[], object], baseline: Callable[[], object], rounds: int) -> tuple[float, float]:
+    """Medians ``(fn, baseline)`` over ``rounds`` calls of each, alternated (after one warm-up call each), so
+    both come from the same stretch of a machine whose speed drifts."""
+    fn(), baseline()
+    sync()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for f, record in zip((fn, baseline), times):
+            t0 = time.perf_counter()
+            f()
+            sync()
+            record.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 class Baselines:
     """Baseline timings and peak memory measured once per key within this pytest run."""
 

@@ -1,18 +1,19 @@
 """Pipeline speed: sampling steps (DDPM-1000 vs DDIM / DPM-Solver++) and training steps (eager vs compiled).
 
 Ratios go in ``extra_info`` against a baseline measured in the same run: ``speedup_vs_ddpm1000`` for
-samplers, ``speedup_vs_eager`` for the compiled training step. Models use the default (``cpu`` preset)
+samplers, ``speedup_vs_eager`` for the training step (each round paired with an eager step). Models use the default (``cpu`` preset)
 Lorenz sizes with random weights: the cost of a step does not depend on the weights.
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from benchmarks.common import DEVICE, median_seconds, run_benchmark
+from benchmarks.common import DEVICE, median_seconds, run_benchmark, run_paired_benchmark
 from benchmarks.memory import timing_allocator
 
 from ldns_fast.config import preset
 from ldns_fast.diffusion import DiffusionSchedule, make_sampler, sample
+from ldns_fast.kernels.ops import COMPILE_OPTIONS
 from ldns_fast.models import Autoencoder, Denoiser, autoencoder_loss
 
 RUN = preset("cpu")
@@ -60,7 +61,7 @@ def training_step(compiled: bool):
     config = RUN.autoencoder
     torch.manual_seed(0)
     model = Autoencoder(config).to(DEVICE)
-    runner = torch.compile(model) if compiled else model
+    runner = torch.compile(model, options=COMPILE_OPTIONS) if compiled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     spikes = torch.poisson(torch.full((BATCH, config.n_neurons, LENGTH), 0.2, device=DEVICE))
     mask = torch.ones(BATCH, LENGTH, device=DEVICE)
@@ -74,20 +75,16 @@ def training_step(compiled: bool):
     return call
 
 
-@pytest.fixture(scope="module")
-def eager_step_seconds() -> float:
-    with timing_allocator():
-        return median_seconds(training_step(compiled=False), rounds=5)
-
-
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
-def test_autoencoder_training_step(benchmark, eager_step_seconds, mode):
+def test_autoencoder_training_step(benchmark, mode):
+    """A training step (loss, backward, AdamW) of the ``cpu`` preset's autoencoder, eager or compiled with the
+    trainer's inductor options, each round paired with an eager step of its own model (the baseline)."""
     benchmark.group = f"autoencoder training step B={BATCH} L={LENGTH}"
-    call = training_step(compiled=mode == "compiled")
+    call, eager = training_step(compiled=mode == "compiled"), training_step(compiled=False)
     call()  # compile outside the timed rounds
     with timing_allocator():
-        median = run_benchmark(benchmark, call, rounds=5)
+        median, eager_seconds = run_paired_benchmark(benchmark, call, eager, rounds=7)
     benchmark.extra_info.update(
-        device=str(DEVICE), mode=mode, eager_seconds=eager_step_seconds,
-        speedup_vs_eager=eager_step_seconds / median, trials_per_second=BATCH / median,
+        device=str(DEVICE), mode=mode, eager_seconds=eager_seconds,
+        speedup_vs_eager=eager_seconds / median, trials_per_second=BATCH / median,
     )

@@ -9,27 +9,36 @@ shared. Batch 64, state 64, random weights, DPLR and S4D layers, L = 256 and 2,0
 - ``test_denoiser_step[cached]``: a sampling step (no gradient), the kernel spectra cached per length;
 - ``test_autoencoder_step``: forward, loss and backward of the autoencoder (4 blocks x 256 channels).
 
-Timed with the heap allocator settings of :func:`benchmarks.memory.timing_allocator`. ``extra_info``: ``naive_seconds`` and ``speedup_vs_naive`` (naive median / median). Run:
-``pytest benchmarks/test_training_bench.py --benchmark-only``.
+Each round runs the naive path, then ours (:func:`benchmarks.common.run_paired_benchmark`), so both medians
+come from the same stretch of a machine whose speed drifts; 5 rounds at L = 256, 3 at 2,048. Timed with the
+heap allocator settings of :func:`benchmarks.memory.timing_allocator`. ``extra_info``: ``naive_seconds``,
+``speedup_vs_naive`` (naive median / median) and, for the recomputed steps, ``kernel_seconds`` and
+``naive_kernel_seconds`` (the model's S4 kernels alone, forward and backward, paired the same way) and
+``ceiling_vs_naive``: the naive median over ours without its kernels, the speedup if our kernels took no time.
+Run: ``pytest benchmarks/test_training_bench.py --benchmark-only``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
-from benchmarks.common import DEVICE, median_seconds, run_benchmark
+from benchmarks.common import DEVICE, paired_medians, run_paired_benchmark
 from benchmarks.memory import timing_allocator
+from torch import nn
 
 from ldns_fast.models import Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig, autoencoder_loss
+from ldns_fast.ssm import S4
 
 BATCH = 64
 CASES = [(mode, L) for L in (256, 2048) for mode in ("dplr", "diag")]
 
 
 def rounds(L: int) -> int:
-    return 3 if L <= 256 else 2
+    return 5 if L <= 256 else 3
 
 
-def denoiser_step(mode: str, L: int, backend: str, cached: bool):
+def denoiser_step(mode: str, L: int, backend: str, cached: bool) -> tuple[Callable[[], None], nn.Module]:
     torch.manual_seed(0)
     model = Denoiser(DenoiserConfig(ssm_mode=mode, backend=backend)).to(DEVICE)
     with torch.no_grad():  # leave the adaLN-Zero identity so every block does real work
@@ -46,10 +55,10 @@ def denoiser_step(mode: str, L: int, backend: str, cached: bool):
             model.zero_grad(set_to_none=True)
             model(x, t).square().mean().backward()
 
-    return call
+    return call, model
 
 
-def autoencoder_step(mode: str, L: int, backend: str):
+def autoencoder_step(mode: str, L: int, backend: str) -> tuple[Callable[[], None], nn.Module]:
     torch.manual_seed(0)
     config = AutoencoderConfig(ssm_mode=mode, backend=backend)
     model = Autoencoder(config).to(DEVICE)
@@ -60,25 +69,44 @@ def autoencoder_step(mode: str, L: int, backend: str):
         model.zero_grad(set_to_none=True)
         autoencoder_loss(model, config, spikes, mask, torch.Generator(DEVICE).manual_seed(0))["loss"].backward()
 
+    return call, model
+
+
+def kernels_call(model: nn.Module, L: int) -> Callable[[], None]:
+    """Forward and backward of the model's S4 kernels at length ``L`` (what a recomputed step spends on them)."""
+    layers = [m for m in model.modules() if isinstance(m, S4)]
+
+    def call() -> None:
+        model.zero_grad(set_to_none=True)
+        sum(layer.kernel(L).sum() for layer in layers).backward()
+
     return call
 
 
-def record(benchmark, make, mode: str, L: int) -> None:
+def record(benchmark, make, mode: str, L: int, kernels_too: bool) -> None:
+    (call, model), (naive_call, naive_model) = make("auto"), make("naive")
     with timing_allocator():
-        naive = median_seconds(make("naive"), rounds(L))
-        median = run_benchmark(benchmark, make("auto"), rounds(L))
-    benchmark.extra_info.update(device=str(DEVICE), mode=mode, L=L, naive_seconds=naive,
-                                speedup_vs_naive=naive / median, trials_per_second=BATCH / median)
+        median, naive = run_paired_benchmark(benchmark, call, naive_call, rounds(L))
+        kernels = None
+        if kernels_too:
+            kernels = paired_medians(kernels_call(model, L), kernels_call(naive_model, L), rounds(L))
+    info = dict(device=str(DEVICE), mode=mode, L=L, naive_seconds=naive, speedup_vs_naive=naive / median,
+                trials_per_second=BATCH / median)
+    if kernels is not None:
+        info.update(kernel_seconds=kernels[0], naive_kernel_seconds=kernels[1],
+                    ceiling_vs_naive=naive / (median - kernels[0]))
+    benchmark.extra_info.update(info)
 
 
 @pytest.mark.parametrize("mode,L", CASES)
 @pytest.mark.parametrize("kernels", ["recomputed", "cached"])
 def test_denoiser_step(benchmark, kernels, mode, L):
     benchmark.group = f"denoiser step {kernels}"
-    record(benchmark, lambda backend: denoiser_step(mode, L, backend, kernels == "cached"), mode, L)
+    record(benchmark, lambda backend: denoiser_step(mode, L, backend, kernels == "cached"), mode, L,
+           kernels_too=kernels == "recomputed")
 
 
 @pytest.mark.parametrize("mode,L", CASES)
 def test_autoencoder_step(benchmark, mode, L):
     benchmark.group = "autoencoder training step"
-    record(benchmark, lambda backend: autoencoder_step(mode, L, backend), mode, L)
+    record(benchmark, lambda backend: autoencoder_step(mode, L, backend), mode, L, kernels_too=True)

@@ -154,17 +154,31 @@ def _example_inputs(ldns: LDNS) -> dict[str, torch.Tensor]:
     }
 
 
+def _modulated_norm_as_layer_norm(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, mask: torch.Tensor | None, eps: float, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The modulated norm's export form ``(out [B, C, L], mean [B, L], rstd [B, L])``: the norm through
+    ``native_layer_norm`` on channels-last steps, so the graph holds one ``LayerNormalization`` node (which
+    onnxruntime fuses) where the training implementation reduces over channels in place."""
+    B, C, L = x.shape
+    h, mean, rstd = torch.native_layer_norm(x.transpose(1, 2), (C,), None, None, eps)
+    h = h.transpose(1, 2) * (1 + scale) + shift
+    if mask is not None:
+        h = h * mask[:, None, :]
+    return h, mean.reshape(B, L), rstd.reshape(B, L)
+
+
 @contextlib.contextmanager
 def _fused_ops_in_torch_form() -> Iterator[None]:
     """While exporting, the denoiser's fused custom ops (``torch.ops.ldns_fast.*``, which onnxruntime does not
-    know) decompose into their torch implementations; the registrations are removed afterwards."""
+    know) decompose into torch ops (the norm as :func:`_modulated_norm_as_layer_norm`, the gated residual
+    through its torch implementation); the registrations are removed afterwards."""
     from torch._decomp import decomposition_table
 
     from ldns_fast.kernels.ops import implementation
 
     forms = {
-        torch.ops.ldns_fast.modulated_norm.default: lambda x, shift, scale, mask, eps, backend:
-            implementation("modulated_norm", "torch")(x, shift, scale, mask, eps),
+        torch.ops.ldns_fast.modulated_norm.default: _modulated_norm_as_layer_norm,
         torch.ops.ldns_fast.gelu_gate_residual.default: lambda x, y, gate, backend:
             implementation("gelu_gate_residual", "torch")(x, y, gate),
     }

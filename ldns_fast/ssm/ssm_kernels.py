@@ -190,8 +190,8 @@ class DPLRKernel(_SSMKernel):
     Computed from the truncated generating function ``C~ (I - omega dA)^{-1} dB`` at the roots of unity,
     ``C~ = C_full (I - dA^L)``, with the rank-1 Woodbury identity over four Cauchy sums (one
     :func:`cauchy_kernel` call: the sums share their poles), then an inverse real FFT. ``C_full dA^L`` is
-    formed functionally for each ``L`` (:func:`conjugate_pair_power`: a real ``N x N`` matrix power per
-    channel, by repeated squaring); no parameter is ever mutated.
+    formed functionally for each ``L`` (:func:`conjugate_pair_power`: the rows of ``C`` times a real ``N x N``
+    matrix power per channel, :func:`rows_times_power`); no parameter is ever mutated.
 
     Args:
         d_model: channels ``H``.
