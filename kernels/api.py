@@ -12,7 +12,7 @@ deterministic (a seeded run makes the same choice on every host), calibrated on 
 - CPU: the naive formula while it materialises at most :data:`NAIVE_MAX_ELEMENTS` complex terms (below
   that its single pass beats the tiled path's extra ops: up to 1.5x at 1-4 channels), else the torch
   path, which measured fastest at every larger shape forward and backward (L = 140 .. 65,536,
-  H = 64 .. 512: 2.6-68x the naive formula, 1.7-11.5x keops).
+  H = 64 .. 512: 3.4-90x the naive formula, 2.9-32x keops).
 - CUDA: Triton when it is available, else the torch path (not timed on a GPU yet).
 """
 from __future__ import annotations
