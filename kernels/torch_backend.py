@@ -6,8 +6,8 @@ backward is the same split with the roles of state and position swapped.
 Cauchy: the poles are shared by several rows (the DPLR kernel's four Woodbury terms and its directions), so
 the Cauchy matrices ``[P, Np, M]`` are built once and applied to every row by complex batched matmuls; the
 frequency axis is processed in chunks, forward and backward, so no ``[R, P, Np, M]`` tensor is ever held.
-Fused denoiser-block ops: channel statistics by ``torch.var_mean`` in the ``[B, C, L]`` layout plus
-elementwise ops, analytic gradients.
+Fused denoiser-block ops: channel statistics reduced over the channel axis of ``[B, C, L]`` plus elementwise
+ops, analytic gradients.
 
 Each ``<op>_torch`` has an ``<op>_torch_backward``; :mod:`.ops` wires them into autograd.
 """
@@ -139,13 +139,17 @@ def modulated_norm_torch(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
     and the per-step mean and 1/std ``[B, L]`` in the accumulation dtype (float64 for float64, else float32).
 
     Computed in the ``[B, C, L]`` layout (statistics reduced over the channel axis): no transposed copies,
-    which at 2,048 bins cost more than the norm itself (64 channels: 245 -> 130 ms forward and backward).
+    which at 2,048 bins cost more than the norm itself (64 channels, forward and backward: 245 -> 90 ms at
+    2,048 bins, 7.5 -> 3.2 ms at 256).
     """
     acc = accumulation_dtype(x.dtype)
     x_acc = x.to(acc)
-    var, mean = torch.var_mean(x_acc, dim=1, correction=0, keepdim=True)  # [B, 1, L]
-    rstd = torch.rsqrt(var + eps)
-    xhat = (x_acc - mean).mul_(rstd)
+    # Two passes (mean, then the centred square): torch.var_mean over the channel axis measured 25x slower
+    # than a mean over it on CPU ([64, 64, 2,048]: 34 ms against 1.3 ms).
+    mean = x_acc.mean(1, keepdim=True)  # [B, 1, L]
+    xhat = x_acc - mean
+    rstd = torch.rsqrt(xhat.square().mean(1, keepdim=True) + eps)
+    xhat.mul_(rstd)
     h = torch.addcmul(shift.to(acc), xhat, 1 + scale.to(acc))
     if mask is not None:
         h = h.mul_(mask[:, None, :])
