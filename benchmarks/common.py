@@ -23,32 +23,26 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(fn: Callable[[], object], rounds: int) -> float:
-    """Median wall time of ``fn`` over ``rounds`` calls after one warm-up call."""
+def timed(fn: Callable[[], object]) -> float:
+    """Wall time of one synchronised call of ``fn``."""
+    t0 = time.perf_counter()
     fn()
     sync()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time.perf_counter() - t0
+
+
+def median_seconds(fn: Callable[[], object], rounds: int) -> float:
+    """Median wall time of ``fn`` over ``rounds`` calls after one warm-up call."""
+    timed(fn)
+    return statistics.median(timed(fn) for _ in range(rounds))
 
 
 def paired_medians(fn: Callable[[], object], baseline: Callable[[], object], rounds: int) -> tuple[float, float]:
     """Medians ``(fn, baseline)`` over ``rounds`` calls of each, alternated (after one warm-up call each), so
     both come from the same stretch of a machine whose speed drifts."""
-    fn(), baseline()
-    sync()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(rounds):
-        for f, record in zip((fn, baseline), times):
-            t0 = time.perf_counter()
-            f()
-            sync()
-            record.append(time.perf_counter() - t0)
-    return statistics.median(times[0]), statistics.median(times[1])
+    timed(fn), timed(baseline)
+    pairs = [(timed(fn), timed(baseline)) for _ in range(rounds)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 class Baselines:
@@ -107,10 +101,7 @@ def run_paired_benchmark(
     baseline_times: list[float] = []
 
     def run_baseline() -> None:
-        t0 = time.perf_counter()
-        baseline()
-        sync()
-        baseline_times.append(time.perf_counter() - t0)
+        baseline_times.append(timed(baseline))
 
     median = run_benchmark_with_setup(benchmark, fn, rounds, run_baseline)
     return median, statistics.median(baseline_times[-rounds:])

@@ -1,8 +1,8 @@
 """Pipeline speed: sampling steps (DDPM-1000 vs DDIM / DPM-Solver++) and training steps (eager vs compiled).
 
 Ratios go in ``extra_info`` against a baseline measured in the same run: ``speedup_vs_ddpm1000`` for
-samplers, ``speedup_vs_eager`` for the training step (each round paired with an eager step). Models use the default (``cpu`` preset)
-Lorenz sizes with random weights: the cost of a step does not depend on the weights.
+samplers, ``speedup_vs_eager`` for the training step (each round paired with an eager step). Models use the
+default (``cpu`` preset) Lorenz sizes with random weights: the cost of a step does not depend on the weights.
 """
 from __future__ import annotations
 

@@ -694,5 +694,3 @@ def test_pointwise_layers_train_as_the_convolution(in_channels: int, out_channel
     assert torch.allclose(out, expected, rtol=0, atol=1e-12)
     for a, b in zip(grads, expected_grads):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
-
-

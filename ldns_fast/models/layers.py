@@ -26,8 +26,9 @@ class Pointwise(nn.Conv1d):
 
     In training, an ungrouped one runs as one batched matrix product ``W [C_out, C_in] @ x`` and a
     depthwise one (``groups = C_in = C_out``) as ``w * x + b``: on 2 CPU cores, forward and backward, as fast
-    as the convolution at 128 bins (the depthwise one 1.8x faster) and 1.5-1.7x faster at 2,048 bins. In eval mode (sampling, export) it is the
-    convolution, so exported graphs keep their ``Conv`` ops. Parameters and state dicts are ``Conv1d``'s.
+    as the convolution at 128 bins (the depthwise one 1.8x faster) and 1.5-1.7x faster at 2,048 bins. In
+    eval mode (sampling, export) it is the convolution, so exported graphs keep their ``Conv`` ops.
+    Parameters and state dicts are ``Conv1d``'s.
     """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int = 1) -> None:

@@ -42,11 +42,19 @@ def kernel_spectrum(k: torch.Tensor) -> torch.Tensor:
     return torch.fft.rfft(fold_kernel(k), n=2 * k.shape[-1])
 
 
+def _spectrum_conv_with_input_spectrum(
+    u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`spectrum_conv` and the input's spectrum ``rfft(u, 2L)`` ``[B, H, L + 1]`` (for a backward)."""
+    L = u.shape[-1]
+    U = torch.fft.rfft(u, n=2 * L)
+    y = torch.fft.irfft(U * spectrum, n=2 * L)[..., :L]
+    return (y if D is None else y + D[:, None] * u), U
+
+
 def spectrum_conv(u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`fft_conv` from a precomputed :func:`kernel_spectrum` ``[H, L + 1]``; ``u [B, H, L]``."""
-    L = u.shape[-1]
-    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * spectrum, n=2 * L)[..., :L]
-    return y if D is None else y + D[:, None] * u
+    return _spectrum_conv_with_input_spectrum(u, spectrum, D)[0]
 
 
 class _FFTConv(torch.autograd.Function):
@@ -57,14 +65,11 @@ class _FFTConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
-        L = u.shape[-1]
         dtype = torch.promote_types(u.dtype, k.dtype)
         u, k = u.to(dtype), k.to(dtype)
         spectrum = kernel_spectrum(k)
-        U = torch.fft.rfft(u, n=2 * L)
-        y = torch.fft.irfft(U * spectrum, n=2 * L)[..., :L]
-        if D is not None:  # as spectrum_conv does it, so the cached (inference) path gives the same values
-            y = y + D.to(dtype)[:, None] * u
+        # spectrum_conv's arithmetic, so the cached (inference) path gives the same values
+        y, U = _spectrum_conv_with_input_spectrum(u, spectrum, None if D is None else D.to(dtype))
         ctx.n_kernels = k.shape[0]
         ctx.save_for_backward(u, U, spectrum, D)
         return y
