@@ -98,10 +98,22 @@ def run_paired_benchmark(
     Returns the medians ``(fn, baseline)``: taken over the same interleaved period, so their ratio holds
     on a machine whose speed drifts (shared CPUs) better than medians from separate periods.
     """
-    baseline_times: list[float] = []
+    median, baselines = run_benchmark_against(benchmark, fn, {"baseline": baseline}, rounds)
+    return median, baselines["baseline"]
 
-    def run_baseline() -> None:
-        baseline_times.append(timed(baseline))
 
-    median = run_benchmark_with_setup(benchmark, fn, rounds, run_baseline)
-    return median, statistics.median(baseline_times[-rounds:])
+def run_benchmark_against(
+    benchmark, fn: Callable[[], object], baselines: dict[str, Callable[[], object]], rounds: int
+) -> tuple[float, dict[str, float]]:
+    """:func:`run_paired_benchmark` with several baselines, each timed once (in order) before every round.
+
+    Returns ``fn``'s median and each baseline's median by name.
+    """
+    times: dict[str, list[float]] = {name: [] for name in baselines}
+
+    def run_baselines() -> None:
+        for name, baseline in baselines.items():
+            times[name].append(timed(baseline))
+
+    median = run_benchmark_with_setup(benchmark, fn, rounds, run_baselines)
+    return median, {name: statistics.median(t[-rounds:]) for name, t in times.items()}

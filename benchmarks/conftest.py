@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 
-# KeOps and torch run separate OpenMP pools in one process; spinning idle threads of one slow the other.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP keeps its default wait policy (idle threads spin briefly before sleeping), as in a user's training or
+# sampling process: OMP_WAIT_POLICY=PASSIVE, set here before, made a denoiser training step 1.3-1.7x slower on
+# 2 cores (every torch op woke sleeping threads), most for code of many small ops such as the DPLR kernel.
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -32,7 +32,7 @@ from ldns_fast.ssm import (
     kernel_spectrum,
 )
 from ldns_fast.ssm.chunked import CHUNK, chunk_plan
-from ldns_fast.ssm.ssm_kernels import conjugate_pair_power, rows_times_power
+from ldns_fast.ssm.ssm_kernels import conjugate_pair_power
 
 DPLR_LENGTHS = [1, 2, 7, 16, 33, 64, 100]
 
@@ -141,10 +141,29 @@ def test_dplr_kernel_matches_state_space_powers(L: int, H: int, N: int, bidirect
     assert rel_err(K32.double(), ref) < 1e-4
 
 
-@pytest.mark.parametrize("L", [1, 2, 7, 64])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_dplr_kernel_gradients_match_state_space_powers(bidirectional: bool) -> None:
+    """Every parameter's gradient through the kernel equals autograd through :func:`dplr_oracle` (float64, a
+    random upstream gradient, L = 37 so the Nyquist bin is absent; tolerance 1e-8)."""
+    torch.manual_seed(5)
+    kernel = DPLRKernel(2, 8, bidirectional=bidirectional, dt_max=0.5, backend="torch").double()
+    perturb_(kernel)
+    L = 37
+    upstream = torch.randn(kernel.n_kernels, 2, L, dtype=torch.float64)
+    params = list(kernel.parameters())
+    ours = torch.autograd.grad((kernel(L) * upstream).sum(), params)
+    expected = torch.autograd.grad((dplr_oracle(kernel, L) * upstream).sum(), params)
+    for p, a, b in zip(params, ours, expected):
+        assert rel_err(a, b) < 1e-8, p.shape
+
+
+@pytest.mark.parametrize("L", [0, 1, 2, 7, 15, 16, 17, 64, 255, 256, 257, 1057, 2049])
 def test_conjugate_pair_power_matches_complex_matrix_power(L: int) -> None:
-    """The real-form power equals ``[c, conj c] M^L`` for a random conjugate-pair M, forward and gradients
-    (float64, against complex autograd through ``torch.linalg.matrix_power``; tolerance 1e-10)."""
+    """The factored then dense real-form power equals ``[c, conj c] M^L`` for a random ``M = diag([delta,
+    conj delta]) + [a, conj a]^T [b, conj b]`` (the DPLR ``dA``'s form), forward and gradients (float64, against
+    complex autograd through the dense M and ``torch.linalg.matrix_power``; M scaled to spectral radius 0.999
+    so long powers stay finite; tolerance 1e-9). The lengths cover no squaring (L < 16), factored squarings
+    only, factored then dense ones (L >= 256), and remainders that use both kinds of level (1,057)."""
     g = torch.Generator().manual_seed(L)
     Np = 3
 
@@ -152,39 +171,41 @@ def test_conjugate_pair_power_matches_complex_matrix_power(L: int) -> None:
         return torch.complex(torch.randn(*shape, generator=g, dtype=torch.float64),
                              torch.randn(*shape, generator=g, dtype=torch.float64))
 
-    X, Y, c = rand(2, Np, Np) / 3, rand(2, Np, Np) / 3, rand(2, 2, Np)  # H = 2, two rows of c
+    def dense(delta, a, b):
+        return torch.diag_embed(full_pairs(delta)) + full_pairs(a)[..., :, None] * full_pairs(b)[..., None, :]
 
-    def reference(X, Y, c):
-        M = torch.cat([torch.cat([X, Y], -1), torch.cat([Y.conj(), X.conj()], -1)], -2)
-        full = torch.cat([c, c.conj()], -1).unsqueeze(-2)
-        return (full @ torch.linalg.matrix_power(M, L)).squeeze(-2)[..., :Np]
+    delta, a, b, c = rand(2, Np), rand(2, Np), rand(2, Np), rand(2, 2, Np)  # H = 2, two rows of c
+    radius = torch.linalg.eigvals(dense(delta, a, b)).abs().amax(-1, keepdim=True)
+    scale = 0.999 / radius  # M(s delta, s a, b) = s M
+    delta, a = delta * scale, a * scale
 
-    def ours(X, Y, c):
-        M = torch.cat([torch.cat([X, Y], -1), torch.cat([Y.conj(), X.conj()], -1)], -2)
-        return conjugate_pair_power(c, M, L)
+    def reference(delta, a, b, c):
+        return (full_pairs(c).unsqueeze(-2) @ torch.linalg.matrix_power(dense(delta, a, b), L)).squeeze(-2)[..., :Np]
 
-    inputs = [t.requires_grad_() for t in (X, Y, c)]
+    inputs = [t.requires_grad_() for t in (delta, a, b, c)]
     upstream = rand(2, 2, Np)
-    expected, out = reference(*inputs), ours(*inputs)
-    assert rel_err(out, expected) < 1e-10
-    for a, b in zip(torch.autograd.grad(out, inputs, upstream), torch.autograd.grad(expected, inputs, upstream)):
-        assert rel_err(a, b) < 1e-10
-
-
-@pytest.mark.parametrize("L", [0, 1, 15, 16, 17, 255, 2049])
-def test_rows_times_power_matches_the_matrix_power(L: int) -> None:
-    """``rows M^L`` by partial squaring equals ``rows @ torch.linalg.matrix_power(M, L)``, forward and
-    gradients (float64, M of spectral norm 0.999 so long powers stay finite; rtol 1e-9)."""
-    g = torch.Generator().manual_seed(L)
-    Q, _ = torch.linalg.qr(torch.randn(3, 6, 6, generator=g, dtype=torch.float64))
-    M = (0.999 * Q).requires_grad_()
-    rows = torch.randn(3, 2, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(3, 2, 6, generator=g, dtype=torch.float64)
-    out, expected = rows_times_power(rows, M, L), rows @ torch.linalg.matrix_power(M, L)
+    expected, out = reference(*inputs), conjugate_pair_power(inputs[3], *inputs[:3], L)
     assert rel_err(out, expected) < 1e-9
-    for a, b in zip(torch.autograd.grad(out, [rows, M], upstream, allow_unused=True, materialize_grads=True),
-                    torch.autograd.grad(expected, [rows, M], upstream, allow_unused=True, materialize_grads=True)):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    for x, y in zip(torch.autograd.grad(out, inputs, upstream, allow_unused=True, materialize_grads=True),
+                    torch.autograd.grad(expected, inputs, upstream, allow_unused=True, materialize_grads=True)):
+        assert torch.allclose(x, y, rtol=1e-9, atol=1e-12)
+
+
+def test_dplr_state_parts_match_the_dense_bilinear_matrix() -> None:
+    """``discrete_state_parts`` gives ``dA = (I - dt/2 A)^{-1} (I + dt/2 A)`` with ``A = diag(Lambda_full) -
+    P_full P_full^H``, computed densely by ``torch.linalg.solve`` (float64, tolerance 1e-12)."""
+    torch.manual_seed(3)
+    kernel = DPLRKernel(3, 8).double()
+    with torch.no_grad():
+        kernel.P.normal_()
+        kernel.log_dt.uniform_(math.log(1e-3), math.log(0.5))
+    Lambda, P_full = kernel.A(), full_pairs(kernel.P_complex())
+    A = torch.diag_embed(full_pairs(Lambda)) - P_full[..., :, None] * P_full.conj()[..., None, :]
+    h = (kernel.dt() / 2)[:, None, None]
+    eye = torch.eye(8, dtype=A.dtype)
+    expected = torch.linalg.solve(eye - h * A, eye + h * A)
+    with torch.no_grad():
+        assert rel_err(kernel.discrete_state_matrix(), expected) < 1e-12
 
 
 def test_dplr_does_not_mutate_parameters() -> None:

@@ -150,7 +150,7 @@ class Denoiser(nn.Module):
             raise ValueError(
                 f"spectra must hold one kernel spectrum per block ({len(self.blocks)}), got {len(spectra)}"
             )
-        emb = self.time_mlp(timestep_features(t, c.time_features))
+        emb = self.time_mlp(timestep_features(t, c.time_features).to(x.dtype))
         everyone = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         if c.cond_dim and cond is not None:
             keep = everyone if keep_cond is None else keep_cond

@@ -11,6 +11,7 @@ see plain real tensors). ``Re(A)`` is stored as ``log(-Re A)`` so it stays negat
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -132,42 +133,108 @@ class DiagonalKernel(_SSMKernel):
         return K.reshape(n_kernels, H, L)
 
 
-def conjugate_pair_power(c: torch.Tensor, M: torch.Tensor, L: int) -> torch.Tensor:
-    """The first half of ``[c, conj(c)] M^L``: c complex ``[..., H, Np]``, M complex ``[H, N, N]`` (N = 2 Np)
-    of the conjugate-pair form ``[[X, Y], [conj Y, conj X]]`` (as the DPLR ``dA``) -> complex ``[..., H, Np]``.
+LOW_RANK_SQUARINGS = 4  # squarings of dA^(2^j) kept as diagonal plus rank 2^j, before dense ones
+
+
+class FactoredPower(NamedTuple):
+    """A conjugate-pair matrix ``M = diag([delta, conj delta]) + [U; conj U] [W, conj W] / 2`` kept factored
+    as complex ``delta [H, Np]``, ``U [H, Np, r]``, ``W [H, r, Np]``, acting on row vectors ``x [H, R, Np]``.
+
+    ``x`` stands for the real row ``[Re x, -Im x]`` in real and imaginary coordinates, where ``M`` is the real
+    matrix ``Bd(delta) + [Re U; Im U] [Re W, -Im W]`` (``Bd``: the 2 x 2-block diagonal of multiplication by
+    ``delta``, :meth:`dense`); in these terms ``x M = x delta + Re(x U) W``.
+    """
+
+    delta: torch.Tensor
+    U: torch.Tensor
+    W: torch.Tensor
+
+    def squared(self) -> FactoredPower:
+        """``M^2``: ``delta^2``, ``[delta U, U]`` and ``[W; W delta + Re(W U) W]`` (the rank doubles; no
+        ``N x N`` product)."""
+        delta, U, W = self
+        return FactoredPower(delta * delta, torch.cat([delta[..., None] * U, U], -1),
+                             torch.cat([W, self.rows_times(W)], -2))
+
+    def rows_times(self, x: torch.Tensor) -> torch.Tensor:
+        """``x M`` for complex rows ``x [H, R, Np]``."""
+        return torch.baddbmm(x * self.delta[:, None, :], (x @ self.U).real.to(x.dtype), self.W)
+
+    def dense(self) -> torch.Tensor:
+        """The real ``[H, N, N]`` matrix (N = 2 Np): the rank-r product plus the block diagonal's three diagonals
+        (one out-of-place scatter, so the backward gathers them instead of copying the gradient per diagonal)."""
+        delta, U, W = self
+        H, Np = delta.shape
+        main, upper = torch.arange(2 * Np, device=delta.device), torch.arange(Np, device=delta.device)
+        rows = torch.cat([main, upper, upper + Np])
+        cols = torch.cat([main, upper + Np, upper])
+        values = torch.cat([delta.real, delta.real, -delta.imag, delta.imag], -1)  # [H, 4 Np]
+        product = torch.cat([U.real, U.imag], -2) @ torch.cat([W.real, -W.imag], -1)
+        return product.index_put((torch.arange(H, device=delta.device)[:, None], rows, cols), values, accumulate=True)
+
+
+class _RowsTimesPower(torch.autograd.Function):
+    """``rows D^q`` for ``rows [H, R, N]`` and ``D [H, N, N]`` by q row products, with one batched matmul for
+    the gradient of ``D``: ``dD = sum_j x_j^T g_(j+1)`` over the chain ``x_(j+1) = x_j D`` (autograd would add q
+    outer products of inner size R, each a full ``N x N`` pass)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, D: torch.Tensor, q: int) -> torch.Tensor:
+        chain = [rows]
+        for _ in range(q):
+            chain.append(chain[-1] @ D)
+        ctx.save_for_backward(torch.cat(chain[:-1], 1), D)  # x_0 .. x_(q-1): [H, q R, N]
+        ctx.q = q
+        return chain[-1]
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        xs, D = ctx.saved_tensors
+        grads = []  # g_q .. g_1
+        for _ in range(ctx.q):
+            grads.append(g)
+            g = g @ D.transpose(-1, -2)
+        dD = xs.transpose(-1, -2) @ torch.cat(grads[::-1], 1)
+        return g, dD, None
+
+
+def conjugate_pair_power(c: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                         L: int) -> torch.Tensor:
+    """The first half of ``[c, conj(c)] M^L`` for ``M = diag([delta, conj delta]) + [a, conj a]^T [b, conj b]``
+    (the DPLR ``dA``): c complex ``[..., H, Np]``, ``delta, a, b`` complex ``[H, Np]``, L >= 0 -> ``[..., H, Np]``.
 
     Such an M is similar to a real matrix through the change to real and imaginary coordinates
-    ``T = [[I, I], [-i I, i I]] / 2``: ``T M T^-1 = [[Re(X + Y), Im(Y - X)], [Im(X + Y), Re(X - Y)]]``, and
-    ``[c, conj c] T^-1 = [2 Re c, -2 Im c]``. The power is taken of that real matrix (a real matmul costs a
-    quarter of a complex one), and ``[a, b] T`` has the first half ``(a - i b) / 2``.
+    ``T = [[I, I], [-i I, i I]] / 2``: ``T M T^-1 = Bd(delta) + [Re a; Im a] [2 Re b, -2 Im b]``
+    (:class:`FactoredPower` with ``U = a``, ``W = 2 b``), ``[c, conj c] T^-1 = 2 [Re c, -Im c]``, and
+    ``[x, y] T`` has the first half ``(x - i y) / 2`` (the rows start as ``[Re c, -Im c]``: the 2 and 1/2 cancel).
+
+    The power: ``M^(2^k)`` with ``L / 2^k`` in [8, 16), the first :data:`LOW_RANK_SQUARINGS` squarings
+    factored (rank 2^j), then dense real ones (a real matmul costs a quarter of a complex one); the rows take
+    one product per set bit of the remainder ``r`` (factored ones first: the powers commute), then q real
+    products with ``M^(2^k)``. Stopping the squarings short of ``log2 L`` halves the work of a full power, and
+    the factored squarings save four dense ones.
     """
     *lead, H, Np = c.shape
-    X, Y = M[..., :Np, :Np], M[..., :Np, Np:]
-    real = torch.cat([torch.cat([(X + Y).real, (Y - X).imag], dim=-1),
-                      torch.cat([(X + Y).imag, (X - Y).real], dim=-1)], dim=-2)  # [H, N, N]
-    rows = torch.cat([2 * c.real, -2 * c.imag], dim=-1).reshape(-1, H, 2 * Np).transpose(0, 1)  # [H, R, N]
-    out = rows_times_power(rows, real, L).transpose(0, 1).reshape(*lead, H, 2 * Np)
-    return torch.complex(out[..., :Np], -out[..., Np:]) / 2
-
-
-def rows_times_power(rows: torch.Tensor, M: torch.Tensor, L: int) -> torch.Tensor:
-    """``rows M^L`` for rows ``[H, R, N]`` and matrices ``M [H, N, N]`` (L >= 0) -> ``[H, R, N]``.
-
-    ``M^(2^k)`` by k squarings, then at most 15 + k row-matrix products (``L = q 2^k + r``: q with
-    ``M^(2^k)``, one per set bit of r with the squares kept on the way): a squaring costs N row products,
-    so stopping the squarings 3-4 short of ``log2 L`` halves the work of a full matrix power, forward and
-    backward (H = 64, N = 64, L = 256: 11.6 -> 5.4 ms on 2 CPU cores).
-    """
-    squares = [M]
-    for _ in range(max(0, L.bit_length() - 4)):
-        squares.append(squares[-1] @ squares[-1])
-    q, r = divmod(L, 1 << (len(squares) - 1))
-    for _ in range(q):
-        rows = rows @ squares[-1]
-    for bit, square in enumerate(squares[:-1]):
+    x = c.reshape(-1, H, Np).transpose(0, 1)  # [H, R, Np]
+    k = max(0, L.bit_length() - 4)
+    factored = [FactoredPower(delta, a[..., None], 2 * b[..., None, :])]
+    for _ in range(min(k, LOW_RANK_SQUARINGS)):
+        factored.append(factored[-1].squared())
+    q, r = divmod(L, 1 << k)
+    for bit, level in enumerate(factored[:k]):
         if r >> bit & 1:
-            rows = rows @ square
-    return rows
+            x = level.rows_times(x)
+    dense = [factored[-1].dense()]  # M^(2^j) for j = len(factored) - 1 .. k
+    for _ in range(k + 1 - len(factored)):
+        dense.append(dense[-1] @ dense[-1])
+    rows = torch.cat([x.real, -x.imag], -1)  # [H, R, N]
+    if q:
+        rows = _RowsTimesPower.apply(rows, dense[-1], q)
+    for bit in range(len(factored), k):
+        if r >> bit & 1:
+            rows = rows @ dense[bit + 1 - len(factored)]
+    out = torch.complex(rows[..., :Np], -rows[..., Np:]).transpose(0, 1)
+    return out.reshape(*lead, H, Np)
 
 
 def bilinear_nodes(L: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +257,8 @@ class DPLRKernel(_SSMKernel):
     Computed from the truncated generating function ``C~ (I - omega dA)^{-1} dB`` at the roots of unity,
     ``C~ = C_full (I - dA^L)``, with the rank-1 Woodbury identity over four Cauchy sums (one
     :func:`cauchy_kernel` call: the sums share their poles), then an inverse real FFT. ``C_full dA^L`` is
-    formed functionally for each ``L`` (:func:`conjugate_pair_power`: the rows of ``C`` times a real ``N x N``
-    matrix power per channel, :func:`rows_times_power`); no parameter is ever mutated.
+    formed functionally for each ``L`` (:func:`conjugate_pair_power`: the rows of ``C`` times a power of the real
+    form of ``dA`` per channel, never a complex ``N x N`` matrix); no parameter is ever mutated.
 
     Args:
         d_model: channels ``H``.
@@ -219,27 +286,31 @@ class DPLRKernel(_SSMKernel):
         """Low-rank factor ``[H, Np]`` (complex)."""
         return torch.view_as_complex(self.P)
 
-    def discrete_state_matrix(self) -> torch.Tensor:
-        """Bilinear ``dA = (I - h A)^{-1} (I + h A) = 2 (I - h A)^{-1} - I`` (``h = dt / 2``), ``[H, N, N]``.
+    def discrete_state_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(delta, a, b)``, complex ``[H, Np]``: the bilinear ``dA = (I - h A)^{-1} (I + h A)`` (``h = dt / 2``)
+        is ``diag([delta, conj delta]) + [a, conj a]^T [b, conj b]``.
 
-        ``I - h A = diag(1 - h Lambda_full) + h P_full P_full^H`` is diagonal plus rank 1, so its inverse
-        is exact by Sherman-Morrison (no dense solve).
+        ``dA = 2 (I - h A)^{-1} - I`` and ``I - h A = diag(1 - h Lambda_full) + h P_full P_full^H`` is diagonal
+        plus rank 1, so by Sherman-Morrison, with ``d = 1 / (1 - h Lambda)``: ``delta = 2 d - 1``,
+        ``a = -2 g d P``, ``b = conj(P) d`` and the real gain ``g = h / (1 + 2 h sum |P|^2 Re d)``.
         """
         h = (self.dt() / 2)[:, None]
-        Lambda, P = self.A(), self.P_complex()
-        P_full = torch.cat([P, P.conj()], dim=-1)
-        d = 1 / (1 - h * torch.cat([Lambda, Lambda.conj()], dim=-1))  # inverse of the diagonal part
-        col, row = d * P_full, P_full.conj() * d
-        gain = h / (1 + h * (row * P_full).sum(-1, keepdim=True))  # [H, 1]
-        inverse = torch.diag_embed(d) - gain[..., None] * col[..., :, None] * row[..., None, :]
-        eye = torch.eye(d.shape[-1], dtype=d.dtype, device=d.device)
-        return 2 * inverse - eye
+        P = self.P_complex()
+        d = 1 / (1 - h * self.A())
+        gain = h / (1 + 2 * h * (torch.view_as_real(P).square().sum(-1) * d.real).sum(-1, keepdim=True))
+        return 2 * d - 1, -2 * gain * d * P, P.conj() * d
+
+    def discrete_state_matrix(self) -> torch.Tensor:
+        """The bilinear ``dA`` as a complex ``[H, N, N]`` matrix (from :meth:`discrete_state_parts`)."""
+        delta, a, b = self.discrete_state_parts()
+        u, w = torch.cat([a, a.conj()], -1), torch.cat([b, b.conj()], -1)
+        return torch.diag_embed(torch.cat([delta, delta.conj()], -1)) + u[..., :, None] * w[..., None, :]
 
     def forward(self, L: int) -> torch.Tensor:
         """Real kernel ``[n_kernels, H, L]``."""
         dt, Lambda, P, B, C = self.dt(), self.A(), self.P_complex(), self.B_complex(), self.C_complex()
         nk = self.n_kernels
-        C_tilde = C - conjugate_pair_power(C, self.discrete_state_matrix(), L)  # [nk, H, Np]
+        C_tilde = C - conjugate_pair_power(C, *self.discrete_state_parts(), L)  # [nk, H, Np]
 
         z, scale = bilinear_nodes(L, Lambda.dtype, Lambda.device)
         left = torch.cat([C_tilde, P.conj().unsqueeze(0)], dim=0)  # [nk + 1, H, Np]: (C~ || Q)
