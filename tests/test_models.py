@@ -8,6 +8,7 @@ recursion in float64 numpy. Models are tiny (hidden 16, d_state 8, L <= 40) and 
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldns_fast.kernels import backend_status
-from ldns_fast.models import Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig, autoencoder_loss
+from ldns_fast.models import Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig, autoencoder_loss, layers
 from ldns_fast.models.autoencoder import smoothness_penalty
 from ldns_fast.models.denoiser import DenoiserBlock, timestep_features
 from ldns_fast.models.layers import Pointwise
@@ -676,18 +677,24 @@ def test_compiled_training_step_matches_eager() -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("in_channels,out_channels,groups", [(5, 7, 1), (6, 6, 6), (6, 4, 2)],
-                         ids=["matmul", "depthwise", "grouped-conv"])
-def test_pointwise_layers_train_as_the_convolution(in_channels: int, out_channels: int, groups: int) -> None:
-    """Training mode runs an ungrouped 1x1 layer as a batched matmul and a depthwise one as w x + b (other
-    grouped ones stay convolutions); outputs and gradients (input and weights) equal ``F.conv1d``'s
-    (float64, 1e-12)."""
+@pytest.mark.parametrize("in_channels,out_channels,groups,max_bytes,convolves", [
+    (5, 7, 1, 0, False), (5, 7, 1, 2**20, True), (6, 6, 6, 2**20, False), (6, 4, 2, 0, True)],
+    ids=["matmul", "small-convolution", "depthwise", "grouped-conv"])
+def test_pointwise_layers_train_as_the_convolution(monkeypatch, in_channels: int, out_channels: int, groups: int,
+                                                   max_bytes: int, convolves: bool) -> None:
+    """Training mode runs an ungrouped 1x1 layer as the convolution while its activation fits in
+    ``CONV_MAX_BYTES`` and as a batched matmul beyond, a depthwise one as w x + b, other grouped ones as
+    convolutions (checked through a spy on ``Conv1d._conv_forward``); outputs and gradients (input and weights)
+    equal ``F.conv1d``'s (float64, 1e-12)."""
     torch.manual_seed(0)
+    monkeypatch.setattr(layers, "CONV_MAX_BYTES", max_bytes)
     layer = Pointwise(in_channels, out_channels, groups=groups).double().train()
     x = torch.randn(3, in_channels, 7, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(3, out_channels, 7, dtype=torch.float64)
     params = [x, layer.weight, layer.bias]
-    out = layer(x)
+    with mock.patch.object(nn.Conv1d, "_conv_forward", autospec=True, side_effect=nn.Conv1d._conv_forward) as conv:
+        out = layer(x)
+    assert conv.called == convolves
     grads = torch.autograd.grad(out, params, upstream)
     expected = F.conv1d(x, layer.weight, layer.bias, groups=groups)
     expected_grads = torch.autograd.grad(expected, params, upstream)

@@ -15,6 +15,7 @@ import torch
 from conftest import rel_err
 
 import ldns_fast.ssm.diagonal as diagonal_module
+import ldns_fast.ssm.fftconv as fftconv
 import ldns_fast.ssm.s4 as s4_module
 from ldns_fast.ssm import (
     KERNEL_CACHE_SIZE,
@@ -30,6 +31,7 @@ from ldns_fast.ssm import (
     hippo_legs,
     hippo_legs_dplr,
     kernel_spectrum,
+    spectrum_conv,
 )
 from ldns_fast.ssm.chunked import CHUNK, chunk_plan
 from ldns_fast.ssm.ssm_kernels import conjugate_pair_power
@@ -343,17 +345,30 @@ def test_convolutions_match_the_loop_sum(n_kernels: int, L: int, with_D: bool, c
 @pytest.mark.parametrize("n_kernels", [1, 2])
 @pytest.mark.parametrize("L", [1, 13, 16])
 @pytest.mark.parametrize("with_D", [True, False])
-def test_fft_conv_gradients_match_the_toeplitz_product(n_kernels: int, L: int, with_D: bool) -> None:
-    """fft_conv's analytic backward (u, k and D) equals autograd through the Toeplitz matrix product
+@pytest.mark.parametrize("chunk_bytes,n_parts", [(None, 1), (1, 5), ("3 trials", 3)],
+                         ids=["one-pass", "per-trial", "uneven-chunks"])
+def test_fft_conv_gradients_match_the_toeplitz_product(monkeypatch, n_kernels: int, L: int, with_D: bool,
+                                                       chunk_bytes, n_parts: int) -> None:
+    """fft_conv (forward and its analytic backward in u, k and D) and spectrum_conv equal the Toeplitz matrix
+    product and autograd through it, in one pass over the batch and in batch chunks of 1 and of 2, 2, 1 trials
     (float64, random upstream gradient; tolerance 1e-12)."""
     torch.manual_seed(L + 10 * n_kernels)
-    u = torch.randn(2, 3, L, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(n_kernels, 3, L, dtype=torch.float64, requires_grad=True)
-    D = torch.randn(3, dtype=torch.float64, requires_grad=True) if with_D else None
+    B, H = 5, 3
+    if chunk_bytes == "3 trials":  # 3 parts of ceil(5 / 3) = 2 trials
+        chunk_bytes = 5 * H * (L + 1) * 2 * 8 // 3 + 1
+    if chunk_bytes is not None:
+        monkeypatch.setattr(fftconv, "BATCH_PART_BYTES", chunk_bytes)
+    u = torch.randn(B, H, L, dtype=torch.float64, requires_grad=True)
+    assert len(fftconv.batch_parts(u)) == n_parts
+    k = torch.randn(n_kernels, H, L, dtype=torch.float64, requires_grad=True)
+    D = torch.randn(H, dtype=torch.float64, requires_grad=True) if with_D else None
     inputs = [u, k] + ([D] if with_D else [])
-    upstream = torch.randn(2, 3, L, dtype=torch.float64)
-    ours = torch.autograd.grad(fft_conv(u, k, D), inputs, upstream)
-    expected = torch.autograd.grad(direct_conv(u, k, D), inputs, upstream)
+    upstream = torch.randn(B, H, L, dtype=torch.float64)
+    y, expected_y = fft_conv(u, k, D), direct_conv(u, k, D)
+    assert torch.allclose(y, expected_y, rtol=0, atol=1e-12)
+    assert torch.allclose(spectrum_conv(u, kernel_spectrum(k), D), expected_y, rtol=0, atol=1e-12)
+    ours = torch.autograd.grad(y, inputs, upstream)
+    expected = torch.autograd.grad(expected_y, inputs, upstream)
     for a, b in zip(ours, expected):
         assert a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=1e-12)
 

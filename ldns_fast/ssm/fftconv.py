@@ -7,6 +7,8 @@ into one length-``2L`` kernel, so one FFT product does both.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -42,26 +44,60 @@ def kernel_spectrum(k: torch.Tensor) -> torch.Tensor:
     return torch.fft.rfft(fold_kernel(k), n=2 * k.shape[-1])
 
 
-def _spectrum_conv_with_input_spectrum(
-    u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`spectrum_conv` and the input's spectrum ``rfft(u, 2L)`` ``[B, H, L + 1]`` (for a backward)."""
+BATCH_PART_BYTES = 4 * 2**20
+"""Eager FFT convolutions run over parts of the batch whose input spectra take about this many bytes: each
+part's transforms stay in cache and its temporaries are reused from the heap, where one pass over a whole
+batch maps (and page-faults) fresh memory for every intermediate above glibc's 32 MiB mmap threshold. Forward
+and backward on 2 CPU cores: 3.6x faster at 64 trials x 256 channels x 256 bins, 4.7x at 64 x 64 x 2,048 and
+5.7x at 64 x 256 x 2,048 (parts of 1 and 2 MiB were no faster)."""
+
+
+def batch_parts(u: torch.Tensor) -> list[slice]:
+    """Batch slices of ``u [B, H, L]`` for one FFT pass each (:data:`BATCH_PART_BYTES`); one slice when traced by
+    ``torch.compile`` or ``torch.export`` (the batch may be symbolic there, and the compiler fuses anyway)."""
+    B, H, L = u.shape
+    if torch.compiler.is_compiling():
+        return [slice(0, B)]
+    spectrum_bytes = H * (L + 1) * 2 * u.element_size()
+    step = math.ceil(B / min(B, max(1, math.ceil(B * spectrum_bytes / BATCH_PART_BYTES))))
+    return [slice(s, s + step) for s in range(0, B, step)]
+
+
+def _conv_part(u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None,
+               U: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`spectrum_conv` of ``u [b, H, L]``, writing ``rfft(u, 2L)`` into ``U [b, H, L + 1]`` when given."""
     L = u.shape[-1]
-    U = torch.fft.rfft(u, n=2 * L)
+    U = torch.fft.rfft(u, n=2 * L) if U is None else torch.fft.rfft(u, n=2 * L, out=U)
     y = torch.fft.irfft(U * spectrum, n=2 * L)[..., :L]
-    return (y if D is None else y + D[:, None] * u), U
+    return y if D is None else torch.addcmul(y, D[:, None], u)
+
+
+def _conv_by_parts(u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None,
+                  keep_spectrum: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`spectrum_conv` over :func:`batch_parts`, and the input spectrum ``rfft(u, 2L)`` ``[B, H, L + 1]``
+    when ``keep_spectrum`` (for a backward), else None."""
+    B, H, L = u.shape
+    parts = batch_parts(u)
+    U = u.new_empty((B, H, L + 1), dtype=spectrum.dtype) if keep_spectrum else None
+    if len(parts) == 1:
+        return _conv_part(u, spectrum, D, U), U
+    y = torch.empty_like(u)
+    for part in parts:
+        y[part] = _conv_part(u[part], spectrum, D, None if U is None else U[part])
+    return y, U
 
 
 def spectrum_conv(u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`fft_conv` from a precomputed :func:`kernel_spectrum` ``[H, L + 1]``; ``u [B, H, L]``."""
-    return _spectrum_conv_with_input_spectrum(u, spectrum, D)[0]
+    return _conv_by_parts(u, spectrum, D, keep_spectrum=False)[0]
 
 
 class _FFTConv(torch.autograd.Function):
     """:func:`fft_conv` with an analytic backward: with ``G = rfft(g, 2L)`` (g zero-padded),
     ``du = irfft(G conj(S))[:L] + D g``, ``dk_folded = irfft(sum_b conj(U) G)`` (the batch summed before
     the inverse FFT: one ``[H, 2L]`` transform) and ``dD = sum_{b,l} g u``. Two batched transforms in the
-    backward, against autograd's four and its zero-padded copies of every intermediate."""
+    backward, against autograd's four and its zero-padded copies of every intermediate. Both directions run
+    over :func:`batch_parts`."""
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
@@ -69,7 +105,7 @@ class _FFTConv(torch.autograd.Function):
         u, k = u.to(dtype), k.to(dtype)
         spectrum = kernel_spectrum(k)
         # spectrum_conv's arithmetic, so the cached (inference) path gives the same values
-        y, U = _spectrum_conv_with_input_spectrum(u, spectrum, None if D is None else D.to(dtype))
+        y, U = _conv_by_parts(u, spectrum, None if D is None else D.to(dtype), keep_spectrum=True)
         ctx.n_kernels = k.shape[0]
         ctx.save_for_backward(u, U, spectrum, D)
         return y
@@ -77,16 +113,28 @@ class _FFTConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, U, spectrum, D = ctx.saved_tensors
-        L = u.shape[-1]
+        B, H, L = u.shape
         need_u, need_k, need_D = ctx.needs_input_grad
-        G = torch.fft.rfft(g.to(u.dtype), n=2 * L)
-        du = dk = dD = None
-        if need_u:
-            du = torch.fft.irfft(G * spectrum.conj(), n=2 * L)[..., :L]
-            if D is not None:
-                du = torch.addcmul(du, D.to(u.dtype)[:, None], g)
+        g = g.to(u.dtype)
+        parts = batch_parts(u)
+        du = torch.empty_like(u) if need_u and len(parts) > 1 else None
+        dk = dD = None
+        spectrum_conj = spectrum.conj_physical()
+        total = U.new_zeros((H, L + 1)) if need_k else None  # sum_b conj(U) G
+        for part in parts:
+            G = torch.fft.rfft(g[part], n=2 * L)
+            if need_u:
+                du_part = torch.fft.irfft(G * spectrum_conj, n=2 * L)[..., :L]
+                if D is not None:
+                    du_part = torch.addcmul(du_part, D.to(u.dtype)[:, None], g[part])
+                if du is None:
+                    du = du_part
+                else:
+                    du[part] = du_part
+            if need_k:
+                total += U[part].conj_physical().mul_(G).sum(0)
         if need_k:
-            folded = torch.fft.irfft((U.conj() * G).sum(0), n=2 * L)  # [H, 2L]
+            folded = torch.fft.irfft(total, n=2 * L)  # [H, 2L]
             dk = folded[None, :, :L] if ctx.n_kernels == 1 else torch.stack([folded[:, :L], folded[:, L:].flip(-1)])
         if need_D:
             dD = (g * u).sum((0, 2)).to(D.dtype)
