@@ -2,22 +2,20 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 from typing import Callable, Iterator
 
 import torch
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters
+from ldns_fast.training.heap import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+from ldns_fast.training.heap import libc as _libc
+
 MEASURE_MMAP_THRESHOLD = 64 * 1024
 GLIBC_TRIM_THRESHOLD = 128 * 1024  # glibc's default, fixed once M_MMAP_THRESHOLD is set
 
 # glibc serves blocks of 64 KiB and more by mmap and unmaps them on free, so the resident set tracks the
 # tensors alive at any moment (M_MMAP_THRESHOLD = -3 in mallopt). Smaller blocks are noise here.
-try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+if _libc is not None:  # not glibc: the CPU figures then include allocator reuse
     _libc.mallopt(M_MMAP_THRESHOLD, MEASURE_MMAP_THRESHOLD)
-except OSError:  # not glibc: the CPU figures then include allocator reuse
-    _libc = None
 
 
 @contextlib.contextmanager

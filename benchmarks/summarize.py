@@ -10,7 +10,7 @@ import sys
 RATIO_KEYS = (
     "speedup_vs_naive", "speedup_vs_naive_implementation", "memory_ratio", "speedup_vs_ddpm1000",
     "speedup_vs_eager", "speedup_vs_torch_eager", "speedup_vs_unfused", "speedup_vs_recompute", "ratio_to_corrcoef",
-    "auto_vs_best", "ceiling_vs_naive",
+    "auto_vs_best", "ceiling_vs_naive", "speedup_vs_default_heap",
 )
 CHOICE_KEYS = ("auto_backend", "best_backend")
 

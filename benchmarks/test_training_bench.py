@@ -12,7 +12,10 @@ Batch 64, state 64, random weights, DPLR and S4D layers, L = 256 and 2,048:
 - ``test_denoiser_step[recomputed]``: forward and backward of the denoiser (4 blocks x 64 channels), the
   kernels recomputed as in training;
 - ``test_denoiser_step[cached]``: a sampling step (no gradient), the kernel spectra cached per length;
-- ``test_autoencoder_step``: forward, loss and backward of the autoencoder (4 blocks x 256 channels).
+- ``test_autoencoder_step``: forward, loss and backward of the autoencoder (4 blocks x 256 channels);
+- ``test_retained_heap``: our DPLR autoencoder step in the trainer's heap (:func:`ldns_fast.training.heap.retained_heap`,
+  large blocks reused from step to step) against glibc's defaults, both in steady state (a step after a step);
+  ``extra_info["speedup_vs_default_heap"]``.
 
 Each round runs both baselines, then ours (:func:`benchmarks.common.run_benchmark_against`), so all medians
 come from the same stretch of a machine whose speed drifts; 9 rounds at L = 256, 3 at 2,048. Timed with the
@@ -26,17 +29,20 @@ Run: ``pytest benchmarks/test_training_bench.py --benchmark-only``.
 """
 from __future__ import annotations
 
+import contextlib
+import statistics
 from collections.abc import Callable
 
 import pytest
 import torch
-from benchmarks.common import DEVICE, paired_medians, run_benchmark_against
+from benchmarks.common import DEVICE, paired_medians, run_benchmark_against, run_benchmark_with_setup, timed
 from benchmarks.memory import timing_allocator
 from benchmarks.textbook import textbook_layers
 from torch import nn
 
 from ldns_fast.models import Autoencoder, AutoencoderConfig, Denoiser, DenoiserConfig, autoencoder_loss
 from ldns_fast.ssm import S4
+from ldns_fast.training.heap import retained_heap
 
 BATCH = 64
 CASES = [(mode, L) for L in (256, 2048) for mode in ("dplr", "diag")]
@@ -130,3 +136,27 @@ def test_denoiser_step(benchmark, kernels, mode, L):
 def test_autoencoder_step(benchmark, mode, L):
     benchmark.group = "autoencoder training step"
     record(benchmark, lambda backend: autoencoder_step(mode, L, backend), mode, L, kernels_too=True)
+
+
+@pytest.mark.parametrize("L", [256, 2048])
+def test_retained_heap(benchmark, L):
+    benchmark.group = "autoencoder training step, heap"
+    call, _ = autoencoder_step("dplr", L, "auto")
+    heap = contextlib.ExitStack()
+    default_heap: list[float] = []
+
+    def setup() -> None:  # untimed: a steady step under glibc's defaults, then the retained heap, warmed
+        heap.close()
+        call()
+        default_heap.append(timed(call))
+        heap.enter_context(retained_heap())
+        call()
+
+    with timing_allocator():
+        try:
+            median = run_benchmark_with_setup(benchmark, call, rounds(L), setup)
+        finally:
+            heap.close()
+    default = statistics.median(default_heap[-rounds(L):])
+    benchmark.extra_info.update(device=str(DEVICE), mode="dplr", L=L, default_heap_seconds=default,
+                                speedup_vs_default_heap=default / median)

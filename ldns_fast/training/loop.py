@@ -31,6 +31,7 @@ from ldns_fast.kernels.ops import COMPILE_OPTIONS
 from ldns_fast.run import Batch
 
 from .ema import EMA
+from .heap import retained_heap
 from .log import TrainingLog
 
 LossFn = Callable[[nn.Module, Batch, torch.Generator], dict[str, torch.Tensor]]
@@ -223,8 +224,13 @@ class StageTrainer:
     def fit(self, train: Batch, val: Batch | None) -> list[dict[str, float]]:
         """Run the remaining budget; returns the per-epoch history (step, learning rate, train and val losses).
 
-        With ``val``, the stage ends on the weights of its lowest validation loss (``keep_best``).
+        With ``val``, the stage ends on the weights of its lowest validation loss (``keep_best``). Runs inside
+        :func:`~ldns_fast.training.heap.retained_heap` (on glibc, each step reuses the last one's memory).
         """
+        with retained_heap():
+            return self._fit(train, val)
+
+    def _fit(self, train: Batch, val: Batch | None) -> list[dict[str, float]]:
         cfg = self.cfg
         n_train = next(iter(train.values())).shape[0]
         steps = self._steps_per_epoch(n_train)
