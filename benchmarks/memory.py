@@ -6,7 +6,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ldns_fast.training.heap import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+from ldns_fast.training.heap import GLIBC_MAX_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 from ldns_fast.training.heap import libc as _libc
 
 MEASURE_MMAP_THRESHOLD = 64 * 1024
@@ -31,7 +31,7 @@ def timing_allocator() -> Iterator[None]:
         yield
         return
     _libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
-    _libc.mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
+    _libc.mallopt(M_TRIM_THRESHOLD, GLIBC_MAX_TRIM_THRESHOLD)
     try:
         yield
     finally:

@@ -113,9 +113,10 @@ class _FFTConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         u, U, spectrum, D = ctx.saved_tensors
-        B, H, L = u.shape
+        H, L = u.shape[1:]
         need_u, need_k, need_D = ctx.needs_input_grad
         g = g.to(u.dtype)
+        D_u = None if D is None else D.to(u.dtype)[:, None]
         parts = batch_parts(u)
         du = torch.empty_like(u) if need_u and len(parts) > 1 else None
         dk = dD = None
@@ -125,8 +126,8 @@ class _FFTConv(torch.autograd.Function):
             G = torch.fft.rfft(g[part], n=2 * L)
             if need_u:
                 du_part = torch.fft.irfft(G * spectrum_conj, n=2 * L)[..., :L]
-                if D is not None:
-                    du_part = torch.addcmul(du_part, D.to(u.dtype)[:, None], g[part])
+                if D_u is not None:
+                    du_part = torch.addcmul(du_part, D_u, g[part])
                 if du is None:
                     du = du_part
                 else:

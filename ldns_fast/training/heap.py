@@ -22,14 +22,12 @@ GLIBC_MAX_TRIM_THRESHOLD = 64 * 2**20  # twice glibc's largest dynamic mmap thre
 
 def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only
-        libc.mallopt, libc.malloc_trim  # noqa: B018
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
         return None
-    return libc
+    glibc = all(hasattr(libc, name) for name in ("gnu_get_libc_version", "mallopt", "malloc_trim"))
+    return libc if glibc else None
 
 
 libc = _glibc()
