@@ -349,8 +349,8 @@ def test_convolutions_match_the_loop_sum(n_kernels: int, L: int, with_D: bool, c
                          ids=["one-pass", "per-trial", "uneven-chunks"])
 def test_fft_conv_gradients_match_the_toeplitz_product(monkeypatch, n_kernels: int, L: int, with_D: bool,
                                                        chunk_bytes, n_parts: int) -> None:
-    """fft_conv (forward and its analytic backward in u, k and D) and spectrum_conv equal the Toeplitz matrix
-    product and autograd through it, in one pass over the batch and in batch chunks of 1 and of 2, 2, 1 trials
+    """fft_conv (forward and its analytic backward in u, k and D, and in k and D alone) and spectrum_conv equal the
+    Toeplitz matrix product and autograd through it, in one pass over the batch and in batch chunks of 1 and of 2, 2, 1 trials
     (float64, random upstream gradient; tolerance 1e-12)."""
     torch.manual_seed(L + 10 * n_kernels)
     B, H = 5, 3
@@ -371,6 +371,9 @@ def test_fft_conv_gradients_match_the_toeplitz_product(monkeypatch, n_kernels: i
     expected = torch.autograd.grad(expected_y, inputs, upstream)
     for a, b in zip(ours, expected):
         assert a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=1e-12)
+    kernel_only = torch.autograd.grad(fft_conv(u.detach(), k, D), inputs[1:], upstream)  # the backward without du
+    for a, b in zip(kernel_only, expected[1:]):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(

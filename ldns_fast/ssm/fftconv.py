@@ -64,12 +64,13 @@ def batch_parts(u: torch.Tensor) -> list[slice]:
 
 
 def _conv_part(u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None,
-               U: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`spectrum_conv` of ``u [b, H, L]``, writing ``rfft(u, 2L)`` into ``U [b, H, L + 1]`` when given."""
+               U: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`spectrum_conv` of ``u [b, H, L]`` and the input spectrum ``rfft(u, 2L)`` ``[b, H, L + 1]`` (written
+    into ``U`` when given). The backward's ``du`` is this with the conjugate spectrum."""
     L = u.shape[-1]
     U = torch.fft.rfft(u, n=2 * L) if U is None else torch.fft.rfft(u, n=2 * L, out=U)
     y = torch.fft.irfft(U * spectrum, n=2 * L)[..., :L]
-    return y if D is None else torch.addcmul(y, D[:, None], u)
+    return (y if D is None else torch.addcmul(y, D[:, None], u)), U
 
 
 def _conv_by_parts(u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | None,
@@ -80,10 +81,10 @@ def _conv_by_parts(u: torch.Tensor, spectrum: torch.Tensor, D: torch.Tensor | No
     parts = batch_parts(u)
     U = u.new_empty((B, H, L + 1), dtype=spectrum.dtype) if keep_spectrum else None
     if len(parts) == 1:
-        return _conv_part(u, spectrum, D, U), U
+        return _conv_part(u, spectrum, D, U)[0], U
     y = torch.empty_like(u)
     for part in parts:
-        y[part] = _conv_part(u[part], spectrum, D, None if U is None else U[part])
+        y[part] = _conv_part(u[part], spectrum, D, None if U is None else U[part])[0]
     return y, U
 
 
@@ -116,22 +117,21 @@ class _FFTConv(torch.autograd.Function):
         H, L = u.shape[1:]
         need_u, need_k, need_D = ctx.needs_input_grad
         g = g.to(u.dtype)
-        D_u = None if D is None else D.to(u.dtype)[:, None]
+        D_u = None if D is None else D.to(u.dtype)
         parts = batch_parts(u)
         du = torch.empty_like(u) if need_u and len(parts) > 1 else None
         dk = dD = None
         spectrum_conj = spectrum.conj_physical()
         total = U.new_zeros((H, L + 1)) if need_k else None  # sum_b conj(U) G
         for part in parts:
-            G = torch.fft.rfft(g[part], n=2 * L)
             if need_u:
-                du_part = torch.fft.irfft(G * spectrum_conj, n=2 * L)[..., :L]
-                if D_u is not None:
-                    du_part = torch.addcmul(du_part, D_u, g[part])
+                du_part, G = _conv_part(g[part], spectrum_conj, D_u)
                 if du is None:
                     du = du_part
                 else:
                     du[part] = du_part
+            else:
+                G = torch.fft.rfft(g[part], n=2 * L)
             if need_k:
                 total += U[part].conj_physical().mul_(G).sum(0)
         if need_k:
